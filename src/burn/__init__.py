@@ -1,0 +1,3 @@
+"""Burn: backdoor unlearning via adversarial boundary analysis (a reproduction)."""
+
+__version__ = "0.1.0"

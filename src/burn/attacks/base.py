@@ -1,0 +1,113 @@
+"""The attack interface and the poisoned training set.
+
+An attack is a frozen dataclass whose fields are its hyperparameters. The shared flow:
+
+1. ``attack.fit(train, generator=...)`` returns the attack ready to use. Trigger-only attacks
+   (BadNets, Blended) return themselves; attacks that optimize a trigger or train a generator
+   (TrojanNN, SSBA, LF, Input-aware) return a fitted copy holding it.
+2. ``attack.poison_train(train, generator=...)`` returns a :class:`PoisonedDataset`.
+3. ``attack.poison_test(test)`` returns the non-target test images with the trigger.
+
+``clean_label`` attacks (Label-consistent) poison target-class samples and keep their labels;
+attacks that change training itself (Input-aware) override ``poison_train`` and may set
+``custom_training`` so the trainer calls their batch hook; none of the current ones does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..data import ImageDataset
+
+
+@dataclass
+class PoisonedDataset:
+    """A training set that knows, per index, its poison status and both labels."""
+
+    images: Tensor  # (N, C, H, W) uint8, poisoned where poison_mask
+    labels: Tensor  # training labels (the target where poisoned, for all-to-one dirty-label)
+    original_labels: Tensor  # the true labels
+    poison_mask: Tensor  # (N,) bool
+    classes: tuple[str, ...]
+    name: str
+
+    def __post_init__(self):
+        n = len(self.images)
+        assert self.labels.shape == self.original_labels.shape == self.poison_mask.shape == (n,)
+        assert self.poison_mask.dtype == torch.bool
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def poison_idx(self) -> Tensor:
+        return self.poison_mask.nonzero().squeeze(1)
+
+    def as_dataset(self) -> ImageDataset:
+        """The training set as the defender sees it: images with their training labels."""
+        return ImageDataset(self.images, self.labels, self.classes, self.name)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[0, 1] floats to uint8 with rounding, as attacks that store images as 8-bit do."""
+    return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """All-to-one backdoor attack. ``rate`` is the poisoned fraction of the whole training set,
+    drawn from samples whose label is not ``target`` (BackdoorBench's convention)."""
+
+    target: int = 0
+    rate: float = 0.1
+
+    name = "attack"
+    clean_label = False
+
+    def fit(self, train: ImageDataset, *, generator: torch.Generator) -> "Attack":
+        return self
+
+    def apply_trigger(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) float in [0, 1] -> same shape with the trigger, in [0, 1]."""
+        raise NotImplementedError(f"{type(self).__name__} does not define apply_trigger")
+
+    def select_poison(self, labels: Tensor, *, generator: torch.Generator) -> Tensor:
+        """Indices to poison: ``round(rate * N)`` among the eligible samples."""
+        eligible = (labels == self.target) if self.clean_label else (labels != self.target)
+        pool = eligible.nonzero().squeeze(1)
+        n = round(self.rate * len(labels))
+        if n > len(pool):
+            raise ValueError(f"rate {self.rate} asks for {n} poisoned samples, only {len(pool)} eligible")
+        return pool[torch.randperm(len(pool), generator=generator)[:n]].sort().values
+
+    def triggered(self, images_u8: Tensor, batch_size: int = 2048) -> Tensor:
+        """Apply the trigger to uint8 images, returning uint8 (chunked to bound memory)."""
+        out = images_u8.clone()
+        for s in range(0, len(out), batch_size):
+            out[s:s + batch_size] = to_uint8(self.apply_trigger(images_u8[s:s + batch_size].float() / 255.0))
+        return out
+
+    def poison_train(self, train: ImageDataset, *, generator: torch.Generator) -> PoisonedDataset:
+        idx = self.select_poison(train.labels, generator=generator)
+        images, labels = train.images.clone(), train.labels.clone()
+        if len(idx):
+            images[idx] = self.triggered(train.images[idx])
+            if not self.clean_label:
+                labels[idx] = self.target
+        mask = torch.zeros(len(train), dtype=torch.bool)
+        mask[idx] = True
+        return PoisonedDataset(images, labels, train.labels.clone(), mask, train.classes,
+                               f"{train.name}, {self.name}")
+
+    def poison_test(self, test: ImageDataset) -> ImageDataset:
+        """Non-target test images with the trigger; labels stay the true labels."""
+        keep = (test.labels != self.target).nonzero().squeeze(1)
+        return ImageDataset(self.triggered(test.images[keep]), test.labels[keep], test.classes,
+                            f"{test.name}, {self.name} trigger")
+
+    def describe(self) -> dict:
+        return {"name": self.name, **dataclasses.asdict(self)}

@@ -1,0 +1,58 @@
+"""Config hashing, the run cache outside the repository, and atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import to_dict
+from .data import cache_dir
+
+
+def to_jsonable(obj) -> Any:
+    obj = to_dict(obj)
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def config_hash(*parts) -> str:
+    blob = json.dumps([to_jsonable(p) for p in parts], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_dir(stage: str, key: str) -> Path:
+    """``<cache>/runs/<stage>/<key>``: checkpoints and intermediate artifacts."""
+    d = cache_dir() / "runs" / stage / key
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def write_json(path, data) -> None:
+    """Write JSON atomically (temp file + rename): a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def save_torch(obj, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_torch(path):
+    return torch.load(path, map_location="cpu", weights_only=False)

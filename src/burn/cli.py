@@ -1,0 +1,127 @@
+"""The ``burn`` command line. Each subcommand turns its options into config dataclasses at
+once and calls the library; nothing below this module sees an argparse namespace."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+from .config import ConfigError, available_presets, load_preset
+from .data import DatasetNotFoundError
+
+EPILOG = """examples:
+  burn attack --attack badnets --dataset cifar10 --preset cpu
+      train (or load the committed) BadNets model and print ACC / ASR / RA
+  burn attack --attack blended --preset cpu --set train.epochs=30 --retrain
+      override any preset value with --set section.key=value
+  burn presets
+      list the presets and what they set
+
+data: CIFAR-10 is looked for under the data root (--data-root, else $BURN_DATA, else
+../shared/data beside the repository): torchvision's cifar-10-batches-py, or the JPEG copy
+cifar10-jpeg.tar.gz. Results go to results/<preset>/<dataset>/<attack>/.
+"""
+
+
+def _parse_set(items: list[str]) -> dict:
+    """``["train.epochs=3", "attack.params.alpha=0.1"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        path, value = item.split("=", 1)
+        node = out
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu",
+                   help=f"settings regime: one of {available_presets()} (default: cpu)")
+    p.add_argument("--dataset", help="cifar10 | cifar100 | tiny | synthetic (default: the preset's)")
+    p.add_argument("--attack", help="clean | badnets | blended (default: the preset's)")
+    p.add_argument("--data-root", help="folder holding the datasets (default: $BURN_DATA or ../shared/data)")
+    p.add_argument("--download", action="store_true", help="download missing datasets with torchvision (needs internet)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value, e.g. train.epochs=30 (repeatable)")
+    p.add_argument("--results-root", help="where results/ lives (default: the repository's results/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args):
+    overrides = _parse_set(args.set)
+    if args.dataset:
+        overrides.setdefault("data", {})["dataset"] = args.dataset
+    if args.attack:
+        overrides.setdefault("attack", {})["name"] = args.attack
+    return load_preset(args.preset, overrides)
+
+
+def cmd_attack(args) -> int:
+    from .experiment import attacked_model
+
+    cfg = _config(args)
+    run = attacked_model(cfg, data_root=args.data_root, download=args.download,
+                         retrain=args.retrain, results_root=args.results_root,
+                         progress=not args.quiet)
+    r = run.record
+    print(f"{r['dataset']} | {cfg.model.arch} width {cfg.model.width} | {cfg.train.epochs} epochs")
+    print(f"ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}  "
+          f"(train wall {r['wall_s']:.0f} s; results in {run.results_dir})")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    for name in available_presets():
+        cfg = load_preset(name)
+        print(f"{name}: dataset {cfg.data.dataset}, {cfg.model.arch} width {cfg.model.width}, "
+              f"{cfg.train.epochs} epochs, bf16 {cfg.train.amp_bf16}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import to_dict
+
+    print(json.dumps(to_dict(_config(args)), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="burn", description="Backdoor attacks, DeepFool boundary analysis and the Burn defense.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("attack", help="train a backdoored (or clean) model and report ACC/ASR/RA",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--retrain", action="store_true", help="train even if a matching model is committed")
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("config", help="print the resolved config of a preset with overrides")
+    _common(p)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("presets", help="list the presets")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (DatasetNotFoundError, ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"burn: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

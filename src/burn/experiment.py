@@ -1,0 +1,130 @@
+"""Experiment stages with caching and the results contract.
+
+``attacked_model(cfg)`` trains (or loads) the backdoored model of one preset/dataset/attack
+and writes ``results/<preset>/<dataset>/<attack>/none.json`` plus ``model.pt`` (a float16
+state dict with its config). The committed ``model.pt`` is loaded instead of retraining when
+its config hash matches, so a reviewer runs every defense without training.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .attacks import Attack, PoisonedDataset, make_attack
+from .cache import config_hash, load_torch, run_dir, save_torch, write_json
+from .config import PROJECT_ROOT, ExperimentCfg, to_dict
+from .data import ImageDataset, load_dataset
+from .metrics import evaluate
+from .models import create_model
+from .provenance import provenance
+from .train import train_model
+
+ATTACK_STAGE_VERSION = 1
+RESULTS_ROOT = PROJECT_ROOT / "results"
+
+
+@dataclass
+class AttackRun:
+    """Everything downstream stages need from one attacked model."""
+
+    cfg: ExperimentCfg
+    key: str
+    model: nn.Module
+    attack: Attack
+    poisoned: PoisonedDataset  # the training set as poisoned, with the true poison mask
+    test: ImageDataset
+    poisoned_test: ImageDataset
+    record: dict  # the content of none.json
+    results_dir: Path
+
+
+def results_dir(cfg: ExperimentCfg, root: Path | None = None) -> Path:
+    return Path(root or RESULTS_ROOT) / cfg.preset / cfg.data.dataset / cfg.attack.name
+
+
+def _half_state(model: nn.Module) -> dict:
+    return {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+
+
+def _load_half_state(model: nn.Module, state: dict) -> None:
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+
+
+def build_model(cfg: ExperimentCfg, num_classes: int) -> nn.Module:
+    """The seeded, untrained model of ``cfg``."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.train.seed)
+        model = create_model(cfg.model.arch, num_classes, cfg.model.width, cfg.data.dataset)
+    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+
+
+def prepare_data(cfg: ExperimentCfg, *, data_root=None, download=False):
+    """Load data, fit the attack and poison train and test sets (all deterministic)."""
+    train, test = load_dataset(cfg.data, data_root, download=download, seed=cfg.train.seed)
+    attack = make_attack(cfg.attack)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    attack = attack.fit(train, generator=gen)
+    poisoned = attack.poison_train(train, generator=gen)
+    return attack, poisoned, test, attack.poison_test(test)
+
+
+def attack_key(cfg: ExperimentCfg, data_name: str) -> str:
+    return config_hash("attack", ATTACK_STAGE_VERSION, data_name, cfg.data, cfg.model, cfg.train,
+                       cfg.attack)
+
+
+def attacked_model(cfg: ExperimentCfg, *, data_root=None, download: bool = False,
+                   retrain: bool = False, results_root: Path | None = None,
+                   progress: bool = True) -> AttackRun:
+    attack, poisoned, test, poisoned_test = prepare_data(cfg, data_root=data_root, download=download)
+    key = attack_key(cfg, poisoned.name)
+    out = results_dir(cfg, results_root)
+    model = build_model(cfg, len(poisoned.classes))
+    record_path, model_path = out / "none.json", out / "model.pt"
+    if not retrain and model_path.is_file() and record_path.is_file():
+        saved = load_torch(model_path)
+        if saved.get("config_hash") == key:
+            _load_half_state(model, saved["state_dict"])
+            import json
+
+            record = json.loads(record_path.read_text())
+            return AttackRun(cfg, key, model.eval(), attack, poisoned, test, poisoned_test, record, out)
+
+    cache = run_dir("attack", key)
+    ckpt = cache / "checkpoint.pt"
+    if retrain and ckpt.exists():
+        ckpt.unlink()
+    t0 = time.perf_counter()
+    history = train_model(model, poisoned.images, poisoned.labels, cfg.train, checkpoint=ckpt,
+                          progress=progress)
+    wall = time.perf_counter() - t0
+    history_wall = sum(h["epoch_s"] for h in history)  # includes epochs of interrupted sessions
+    # Metrics are measured on the float16 weights that are committed, so the committed model
+    # reproduces the committed numbers exactly.
+    state = _half_state(model)
+    _load_half_state(model, state)
+    model.eval()
+    metrics = evaluate(model, test, poisoned_test, cfg.attack.target)
+    record = {
+        **metrics,
+        "dataset": poisoned.name,
+        "attack": attack.describe(),
+        "num_train": len(poisoned),
+        "num_poisoned": int(poisoned.poison_mask.sum()),
+        "num_test": len(test),
+        "num_poisoned_test": len(poisoned_test),
+        "wall_s": round(history_wall, 1),
+        "wall_s_this_session": round(wall, 1),
+        "config_hash": key,
+        "config": to_dict(cfg),
+        "history": history,
+        **provenance(),
+    }
+    save_torch({"config_hash": key, "config": to_dict(cfg), "state_dict": state}, model_path)
+    write_json(record_path, record)
+    return AttackRun(cfg, key, model, attack, poisoned, test, poisoned_test, record, out)

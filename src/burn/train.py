@@ -1,0 +1,111 @@
+"""Supervised training with BackdoorBench's recipe (SGD + cosine, random crop + flip), seeded,
+deterministic on the CPU, with per-epoch checkpoints so an interrupted run resumes."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .cache import load_torch, save_torch
+from .config import TrainCfg
+from .models import to_model_format
+
+
+def augment_batch(x: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Random crop (zero padding ``padding``) and horizontal flip, per sample, vectorized.
+    ``x``: (B, C, H, W) float."""
+    b, c, h, w = x.shape
+    if padding > 0:
+        padded = F.pad(x, (padding,) * 4)
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+        x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = torch.rand(b, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def iterate_batches(n: int, batch_size: int, generator: torch.Generator):
+    perm = torch.randperm(n, generator=generator)
+    for s in range(0, n, batch_size):
+        yield perm[s:s + batch_size]
+
+
+def run_epoch(model: nn.Module, optimizer, images: Tensor, labels: Tensor, *, batch_size: int,
+              generator: torch.Generator, augment: bool, crop_padding: int = 4,
+              amp_bf16: bool = False, progress: bool = False, desc: str = "") -> float:
+    """One pass of cross-entropy training over ``images`` (uint8 or float in [0, 1]).
+    Returns the mean training loss."""
+    model.train()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    batches = iterate_batches(len(labels), batch_size, generator)
+    bar = tqdm(batches, total=math.ceil(len(labels) / batch_size), desc=desc, leave=False,
+               disable=not progress)
+    for idx in bar:
+        x = images[idx]
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+        if augment:
+            x = augment_batch(x, generator, crop_padding)
+        x = to_model_format(model, x.to(device, non_blocking=True))
+        y = labels[idx].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_bf16):
+            loss = F.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+        bar.set_postfix(loss=f"{total / count:.3f}")
+    return total / max(count, 1)
+
+
+def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg, *,
+                checkpoint: Path | None = None, progress: bool = True,
+                on_epoch_end: Callable[[int, nn.Module], dict] | None = None,
+                stop_after: int | None = None) -> list[dict]:
+    """Train ``model`` in place. With ``checkpoint``, state is saved after every epoch and a
+    run interrupted at any point resumes from the last finished epoch. ``stop_after`` ends the
+    call after that many epochs (it simulates an interruption in tests). Returns the per-epoch
+    history."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start, history = 0, []
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = load_torch(checkpoint)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        start, history = state["epoch"], state["history"]
+    epochs = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc="train",
+                  disable=not progress)
+    for epoch in epochs:
+        if stop_after is not None and epoch - start >= stop_after:
+            break
+        t0 = time.perf_counter()
+        loss = run_epoch(model, opt, images, labels, batch_size=cfg.batch_size, generator=gen,
+                         augment=cfg.augment, crop_padding=cfg.crop_padding,
+                         amp_bf16=cfg.amp_bf16, progress=progress, desc=f"epoch {epoch + 1}")
+        sched.step()
+        row = {"epoch": epoch + 1, "loss": loss, "lr": opt.param_groups[0]["lr"],
+               "epoch_s": time.perf_counter() - t0}
+        if on_epoch_end is not None:
+            row.update(on_epoch_end(epoch + 1, model))
+        history.append(row)
+        epochs.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
+        if checkpoint is not None:
+            save_torch({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                        "epoch": epoch + 1, "history": history}, checkpoint)
+    return history
