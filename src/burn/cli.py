@@ -17,6 +17,10 @@ EPILOG = """examples:
       train (or load the committed) BadNets model and print ACC / ASR / RA
   burn attack --attack blended --preset cpu --set train.epochs=30 --retrain
       override any preset value with --set section.key=value
+  burn defend --attack badnets --dataset cifar10 --preset cpu
+      DeepFool distances + Burn on that model; writes burn.json with the per-iteration report
+  burn defend --attack badnets --set burn.lr=1e-3 --set burn.divergence=js
+      any Burn parameter of BURN-SPEC.md can be changed the same way
   burn presets
       list the presets and what they set
 
@@ -77,6 +81,27 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def cmd_defend(args) -> int:
+    from .experiment import attacked_model, burn_run
+
+    if args.defense != "burn":
+        raise ValueError(f"unknown defense {args.defense!r}; available: burn")
+    cfg = _config(args)
+    run = attacked_model(cfg, data_root=args.data_root, download=args.download,
+                         results_root=args.results_root, progress=not args.quiet)
+    r = burn_run(run, progress=not args.quiet, results_root=args.results_root)
+    b = r["before"]
+    print(f"{r['dataset']} | {cfg.attack.name} | Burn, {cfg.burn.iterations} iterations")
+    print(f"before: ACC {b['acc']:.4f}  ASR {b['asr']:.4f}  RA {b['ra']:.4f}")
+    for it in r["report"]["iterations"]:
+        print(f"  t={it['t']}: |P|={it['n_poison_set']} precision {it.get('precision', float('nan')):.3f} "
+              f"recall {it.get('recall', float('nan')):.3f} poisoned-in-C {it.get('poisoned_in_clean_set')} "
+              f"-> ACC {it['acc']:.4f} ASR {it['asr']:.4f} RA {it['ra']:.4f}")
+    print(f"after:  ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}  "
+          f"(DeepFool {r['deepfool']['wall_s']:.0f} s, Burn {r['wall_s']:.0f} s)")
+    return 0
+
+
 def cmd_presets(args) -> int:
     for name in available_presets():
         cfg = load_preset(name)
@@ -103,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--retrain", action="store_true", help="train even if a matching model is committed")
     p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("defend", help="run a defense (Burn) on an attacked model and report before/after",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--defense", default="burn", help="defense to run (default: burn)")
+    p.set_defaults(func=cmd_defend)
 
     p = sub.add_parser("config", help="print the resolved config of a preset with overrides")
     _common(p)

@@ -128,3 +128,85 @@ def attacked_model(cfg: ExperimentCfg, *, data_root=None, download: bool = False
     save_torch({"config_hash": key, "config": to_dict(cfg), "state_dict": state}, model_path)
     write_json(record_path, record)
     return AttackRun(cfg, key, model, attack, poisoned, test, poisoned_test, record, out)
+
+
+# ------------------------------------------------------------------------- boundary distances
+def boundary_distances(run: AttackRun, *, progress: bool = True) -> dict:
+    """DeepFool distances of the frozen attacked model on its whole (poisoned) training set.
+
+    Committed beside the model as ``deepfool.npz`` (a few hundred KB) and reused when its key
+    matches; otherwise computed through the resumable run cache. Returns a dict of tensors:
+    norms, adv_labels, orig_labels (the model's prediction), iterations, converged, plus
+    ``key`` and ``wall_s``."""
+    import numpy as np
+
+    from .deepfool import DEEPFOOL_VERSION, cached_deepfool
+
+    cfg = run.cfg.deepfool
+    key = config_hash("deepfool", DEEPFOOL_VERSION, run.key, cfg)
+    path = run.results_dir / "deepfool.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            if str(z["key"]) == key:
+                return {k: torch.from_numpy(z[k]) for k in z.files if k not in ("key", "wall_s")} | {
+                    "key": key, "wall_s": float(z["wall_s"])}
+    t0 = time.perf_counter()
+    res = cached_deepfool(run.model, run.poisoned.images, cfg, key=run.key, progress=progress)
+    wall = time.perf_counter() - t0
+    out = {"norms": res.norms.float(), "adv_labels": res.adv_labels.long(),
+           "orig_labels": res.orig_labels.long(), "iterations": res.iterations.long(),
+           "converged": res.converged.bool()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, key=np.array(key), wall_s=np.array(wall),
+                        norms=out["norms"].numpy(), adv_labels=out["adv_labels"].numpy().astype(np.int16),
+                        orig_labels=out["orig_labels"].numpy().astype(np.int16),
+                        iterations=out["iterations"].numpy().astype(np.int16),
+                        converged=out["converged"].numpy())
+    import os
+
+    os.replace(tmp, path)
+    return out | {"key": key, "wall_s": wall}
+
+
+def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None = None) -> dict:
+    """Burn on an attacked model; writes ``burn.json`` (none.json's fields + the report)."""
+    from .defenses.burn import defend
+
+    bd = boundary_distances(run, progress=progress)
+    target = run.cfg.attack.target
+
+    def evaluate_fn(m):
+        return evaluate(m, run.test, run.poisoned_test, target)
+
+    t0 = time.perf_counter()
+    purified, report = defend(run.model, run.poisoned.images, run.poisoned.labels, run.cfg.burn,
+                              norms=bd["norms"], adv_labels=bd["adv_labels"].long(),
+                              poison_mask=run.poisoned.poison_mask,
+                              original_labels=run.poisoned.original_labels,
+                              evaluate=evaluate_fn, progress=progress)
+    wall = time.perf_counter() - t0
+    final = report.iterations[-1]
+    mask = run.poisoned.poison_mask
+    df_summary = {
+        "key": bd["key"], "wall_s": round(bd["wall_s"], 1),
+        "unconverged": int((~bd["converged"].bool()).sum()),
+        "mean_norm_clean": float(bd["norms"][~mask].mean()),
+        "mean_norm_poisoned": float(bd["norms"][mask].mean()) if mask.any() else None,
+        "revert_share_poisoned": float((bd["adv_labels"][mask] == run.poisoned.original_labels[mask]).float().mean()) if mask.any() else None,
+    }
+    record = {
+        "acc": final.acc, "asr": final.asr, "ra": final.ra,
+        "before": report.before,
+        "dataset": run.record["dataset"], "attack": run.record["attack"],
+        "defense": "burn", "wall_s": round(wall, 1),
+        "deepfool": df_summary,
+        "report": report.to_dict(),
+        "config_hash": config_hash("burn", run.key, bd["key"], run.cfg.burn),
+        "attack_config_hash": run.key,
+        "config": to_dict(run.cfg),
+        **provenance(),
+    }
+    out = results_dir(run.cfg, results_root) if results_root else run.results_dir
+    write_json(out / "burn.json", record)
+    return record

@@ -13,12 +13,19 @@ from .blended import Blended
 
 @dataclass(frozen=True)
 class NoAttack(Attack):
-    """A clean training run: nothing is poisoned (``rate`` is ignored)."""
+    """A clean training run: nothing is poisoned (``rate`` is ignored). Its poisoned test set
+    carries the trigger of the attack named ``trigger``, so the clean model's ASR is the
+    baseline rate at which that trigger alone sends images to the target."""
+
+    trigger: str = "badnets"
 
     name = "clean"
 
     def select_poison(self, labels, *, generator):
         return labels.new_zeros(0)
+
+    def apply_trigger(self, images):
+        return ATTACKS[self.trigger](target=self.target).apply_trigger(images)
 
 
 ATTACKS: dict[str, type[Attack]] = {"clean": NoAttack, "badnets": BadNets, "blended": Blended}

@@ -1,0 +1,179 @@
+"""The Burn defense, as ``../shared/BURN-SPEC.md`` reads the paper.
+
+Phase 1: rank the training set by DeepFool boundary distance ``r`` of the frozen infected
+model ``f0``; relabel the top ``alpha_0`` with their adversarial labels ``y_adv`` and fine-tune
+a copy of ``f0`` on them (``f1``).
+Phase 2, t = 1..T: score ``S_t = (1 - t/T) * BD + (t/T) * PD_t`` (BD = r / max r, PD_t = the
+normalized divergence between ``f0`` and ``ft``); the top ``alpha_t`` by ``S_t`` are relabeled
+with ``y_adv``, the bottom ``beta_t`` keep their labels; fine-tune ``ft`` on both.
+
+The true poison mask is used only for the report, never by the algorithm.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..config import BurnCfg
+from ..metrics import predict_logits
+from ..train import run_epoch
+
+DIVERGENCES = ("kl", "js", "l2")
+
+
+@dataclass
+class BurnIteration:
+    """What happened at iteration ``t`` (t = 0 is phase 1); metrics are after its fine-tuning."""
+
+    t: int
+    lam: float
+    alpha: float
+    beta: float
+    n_poison_set: int
+    n_clean_set: int
+    wall_s: float
+    acc: float | None = None
+    asr: float | None = None
+    ra: float | None = None
+    precision: float | None = None  # share of P_t that is truly poisoned
+    recall: float | None = None  # share of the poisoned samples that are in P_t
+    poisoned_in_clean_set: int | None = None  # truly poisoned samples in C_t
+    revert_share: float | None = None  # share of P_t whose y_adv is the original label
+    poison_set_label_counts: dict = field(default_factory=dict)  # y_adv histogram of P_t
+
+
+@dataclass
+class BurnReport:
+    config: dict
+    before: dict
+    iterations: list[BurnIteration]
+    wall_s: float
+    deepfool: dict
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "before": self.before,
+                "iterations": [asdict(it) for it in self.iterations],
+                "wall_s": self.wall_s, "deepfool": self.deepfool}
+
+
+def schedule(cfg: BurnCfg, t: int) -> tuple[float, float, float]:
+    """(lambda_t, alpha_t, beta_t): linear in t from t = 0 to t = T."""
+    frac = t / cfg.iterations if cfg.iterations > 0 else 1.0
+    return (frac,
+            cfg.alpha_start + (cfg.alpha_end - cfg.alpha_start) * frac,
+            cfg.beta_start + (cfg.beta_end - cfg.beta_start) * frac)
+
+
+def prediction_divergence(logits0: Tensor, logits_t: Tensor, kind: str = "kl") -> Tensor:
+    """Per-sample divergence between the frozen model's and the current model's predictions:
+    ``kl`` = KL(softmax(f0) || softmax(ft)), ``js`` = Jensen-Shannon, ``l2`` = ||f0 - ft||_2 of
+    the logits."""
+    if kind == "l2":
+        return (logits0 - logits_t).norm(dim=1)
+    logp0, logpt = F.log_softmax(logits0, 1), F.log_softmax(logits_t, 1)
+    if kind == "kl":
+        return (logp0.exp() * (logp0 - logpt)).sum(1).clamp_min(0)
+    if kind == "js":
+        logm = torch.logsumexp(torch.stack([logp0, logpt]), 0) - torch.log(torch.tensor(2.0))
+        return 0.5 * ((logp0.exp() * (logp0 - logm)).sum(1) + (logpt.exp() * (logpt - logm)).sum(1)).clamp_min(0)
+    raise ValueError(f"unknown divergence {kind!r}; choose one of {DIVERGENCES}")
+
+
+def _normalize(v: Tensor) -> Tensor:
+    m = v.max()
+    return v / m if m > 0 else torch.zeros_like(v)
+
+
+def _top(score: Tensor, n: int, largest: bool) -> Tensor:
+    order = torch.argsort(score, descending=largest, stable=True)
+    return order[:n]
+
+
+def _selection_stats(p_idx, c_idx, y_adv, poison_mask, original_labels) -> dict:
+    out = {"poison_set_label_counts": {int(k): int(v) for k, v in
+                                       zip(*torch.unique(y_adv[p_idx], return_counts=True))}}
+    if poison_mask is not None:
+        tp = int(poison_mask[p_idx].sum())
+        out["precision"] = tp / max(len(p_idx), 1)
+        out["recall"] = tp / max(int(poison_mask.sum()), 1)
+        out["poisoned_in_clean_set"] = int(poison_mask[c_idx].sum())
+    if original_labels is not None:
+        out["revert_share"] = float((y_adv[p_idx] == original_labels[p_idx]).float().mean()) if len(p_idx) else 0.0
+    return out
+
+
+def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
+           norms: Tensor, adv_labels: Tensor,
+           poison_mask: Tensor | None = None, original_labels: Tensor | None = None,
+           evaluate: Callable[[nn.Module], dict] | None = None,
+           progress: bool = False) -> tuple[nn.Module, BurnReport]:
+    """Purify ``model`` with Burn. The caller's model is never modified.
+
+    images: (N, C, H, W) uint8 or float in [0, 1], the training set as the defender holds it;
+    labels: (N,) its (possibly poisoned) labels; norms / adv_labels: DeepFool distances and
+    adversarial labels of the frozen ``model`` on ``images`` (``burn.deepfool``).
+    poison_mask / original_labels: ground truth, for the report only.
+    evaluate: optional ``model -> {"acc", "asr", "ra"}`` called after each iteration.
+    """
+    n = len(labels)
+    assert images.shape[0] == n and norms.shape == (n,) and adv_labels.shape == (n,), \
+        (images.shape, labels.shape, norms.shape, adv_labels.shape)
+    if cfg.divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {cfg.divergence!r}; choose one of {DIVERGENCES}")
+    t_start = time.perf_counter()
+    f0 = copy.deepcopy(model).eval()
+    for p in f0.parameters():
+        p.requires_grad_(False)
+    ft = copy.deepcopy(model)
+    for p in ft.parameters():
+        p.requires_grad_(True)
+    labels, adv_labels, norms = labels.long(), adv_labels.long(), norms.float()
+    bd = _normalize(norms)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    before = evaluate(f0) if evaluate is not None else {}
+    logits0 = None
+    iterations: list[BurnIteration] = []
+    bar = tqdm(range(cfg.iterations + 1), desc="burn", disable=not progress)
+    for t in bar:
+        t0 = time.perf_counter()
+        lam, alpha, beta = schedule(cfg, t)
+        n_p = round(alpha * n)
+        if t == 0:  # phase 1: distance alone, no clean set
+            score = bd
+            n_c = 0
+        else:
+            if logits0 is None:
+                logits0 = predict_logits(f0, images)
+            pd = _normalize(prediction_divergence(logits0, predict_logits(ft, images), cfg.divergence))
+            score = (1 - lam) * bd + lam * pd
+            n_c = round(beta * n)
+        p_idx = _top(score, n_p, largest=True)
+        c_idx = _top(score, n_c, largest=False) if n_c else p_idx.new_zeros(0)
+        idx = torch.cat([p_idx, c_idx])
+        y = torch.cat([adv_labels[p_idx], labels[c_idx]])
+        opt = torch.optim.Adam(ft.parameters(), lr=cfg.lr)
+        for _ in range(cfg.epochs):
+            run_epoch(ft, opt, images[idx], y, batch_size=cfg.batch_size, generator=gen,
+                      augment=cfg.augment)
+        ft.eval()
+        it = BurnIteration(t=t, lam=lam, alpha=alpha, beta=beta, n_poison_set=len(p_idx),
+                           n_clean_set=len(c_idx), wall_s=0.0,
+                           **_selection_stats(p_idx, c_idx, adv_labels, poison_mask, original_labels))
+        if evaluate is not None:
+            for k, v in evaluate(ft).items():
+                setattr(it, k, v)
+        it.wall_s = time.perf_counter() - t0
+        iterations.append(it)
+        bar.set_postfix({k: f"{getattr(it, k):.3f}" for k in ("acc", "asr", "precision")
+                         if getattr(it, k) is not None})
+    report = BurnReport(config=asdict(cfg), before=before, iterations=iterations,
+                        wall_s=time.perf_counter() - t_start, deepfool={})
+    return ft.eval(), report

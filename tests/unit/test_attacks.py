@@ -1,0 +1,87 @@
+import torch
+
+from burn.attacks import ATTACKS, BadNets, Blended, NoAttack, make_attack
+from burn.attacks.triggers import load_image
+from burn.config import AttackCfg
+from burn.data import ImageDataset
+
+
+def _dataset(n=200, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 200, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    y = torch.arange(n) % 10
+    return ImageDataset(x, y, tuple(str(i) for i in range(10)), "toy")
+
+
+def test_badnets_trigger_is_the_3x3_white_bottom_right_patch():
+    x = torch.zeros(2, 3, 32, 32)
+    out = BadNets().apply_trigger(x)
+    assert (out[..., -3:, -3:] == 1).all()
+    assert out[..., :-3, :].sum() == 0 and out[..., -3:, :-3].sum() == 0
+    assert int((out > 0).sum()) == 2 * 27
+
+
+def test_badnets_keeps_other_pixels_and_resizes_for_64px():
+    x = torch.rand(1, 3, 64, 64) * 0.5
+    out = BadNets().apply_trigger(x)
+    changed = (out != x).any(1)[0]
+    assert changed[-6:, -6:].all() and changed.sum() == 36  # nearest resize: 6x6 patch
+    assert torch.equal(out[..., :-6, :], x[..., :-6, :])
+
+
+def test_blended_is_alpha_mix_with_hello_kitty():
+    x = torch.rand(3, 3, 32, 32)
+    t = load_image("blended_hello_kitty.jpeg", (32, 32))
+    out = Blended(alpha=0.2).apply_trigger(x)
+    torch.testing.assert_close(out, 0.8 * x + 0.2 * t)
+    assert t.shape == (3, 32, 32) and 0 <= t.min() and t.max() <= 1 and t.std() > 0.05
+
+
+def test_poison_indices_labels_and_ratio():
+    ds = _dataset()
+    g = torch.Generator().manual_seed(0)
+    p = BadNets(target=3, rate=0.1).poison_train(ds, generator=g)
+    idx = p.poison_idx
+    assert len(idx) == 20  # round(0.1 * 200)
+    assert (p.original_labels[idx] != 3).all()  # drawn from non-target samples
+    assert (p.labels[idx] == 3).all()
+    assert torch.equal(p.original_labels, ds.labels)
+    clean = ~p.poison_mask
+    assert torch.equal(p.labels[clean], ds.labels[clean])
+    assert torch.equal(p.images[clean], ds.images[clean])
+    assert (p.images[idx][..., -3:, -3:] == 255).all()
+    assert not torch.equal(p.images[idx], ds.images[idx])
+    # the attack never mutates its input
+    assert torch.equal(ds.labels, torch.arange(200) % 10)
+
+
+def test_poisoning_is_seeded():
+    ds = _dataset()
+    a = BadNets().poison_train(ds, generator=torch.Generator().manual_seed(5)).poison_idx
+    b = BadNets().poison_train(ds, generator=torch.Generator().manual_seed(5)).poison_idx
+    c = BadNets().poison_train(ds, generator=torch.Generator().manual_seed(6)).poison_idx
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_poisoned_test_set_holds_non_target_images_with_trigger():
+    ds = _dataset(100)
+    pt = Blended(target=2).poison_test(ds)
+    assert len(pt) == 90 and (pt.labels != 2).all()
+    keep = ds.labels != 2
+    expected = (0.8 * ds.images[keep].float() / 255 + 0.2 * load_image("blended_hello_kitty.jpeg", (32, 32)))
+    assert (pt.images.float() / 255 - expected).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_clean_run_poisons_nothing_and_measures_badnets_trigger():
+    ds = _dataset(50)
+    p = NoAttack().poison_train(ds, generator=torch.Generator().manual_seed(0))
+    assert not p.poison_mask.any() and torch.equal(p.images, ds.images)
+    pt = NoAttack().poison_test(ds)
+    assert (pt.images[..., -3:, -3:] == 255).all()
+
+
+def test_registry_builds_from_config():
+    assert set(ATTACKS) >= {"clean", "badnets", "blended"}
+    a = make_attack(AttackCfg(name="blended", target=1, rate=0.05, params={"alpha": 0.3}))
+    assert a == Blended(target=1, rate=0.05, alpha=0.3)
+    assert "alpha=0.3" in repr(a)

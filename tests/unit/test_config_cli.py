@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from burn.cli import main
+from burn.config import ConfigError, available_presets, load_preset
+
+
+def test_presets_exist_and_differ():
+    assert {"smoke", "cpu", "paper"} <= set(available_presets())
+    cpu, paper = load_preset("cpu"), load_preset("paper")
+    assert cpu.model.width == 16 and paper.model.width == 64 and paper.train.epochs == 100
+    assert paper.train.lr == 0.01 and paper.train.batch_size == 128 and paper.train.weight_decay == 5e-4
+
+
+def test_unknown_keys_raise():
+    with pytest.raises(ConfigError, match="epochz"):
+        load_preset("smoke", {"train": {"epochz": 3}})
+    with pytest.raises(ConfigError, match="no preset"):
+        load_preset("nonexistent")
+
+
+def test_dataset_override_picks_the_papers_deeper_model():
+    assert load_preset("paper", {"data": {"dataset": "cifar100"}}).model.arch == "preactresnet34"
+    assert load_preset("paper").model.arch == "preactresnet18"
+
+
+def test_cli_config_set_and_help(capsys):
+    assert main(["config", "--preset", "smoke", "--attack", "blended", "--set", "train.epochs=7",
+                 "--set", "attack.params.alpha=0.3"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["train"]["epochs"] == 7 and cfg["attack"] == {"name": "blended", "target": 0,
+                                                             "rate": 0.1, "params": {"alpha": 0.3}}
+    with pytest.raises(SystemExit) as e:
+        main(["attack", "--help"])
+    assert e.value.code == 0
+    assert "--retrain" in capsys.readouterr().out
+
+
+def test_cli_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    code = main(["attack", "--preset", "cpu", "--data-root", str(tmp_path), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "CIFAR-10 not found" in err and str(tmp_path) in err

@@ -1,0 +1,73 @@
+import json
+
+import torch
+
+from burn.config import load_preset
+from burn.experiment import attacked_model, build_model
+from burn.models import create_model
+from burn.train import augment_batch, train_model
+
+
+def test_augment_is_crop_and_flip():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    out = augment_batch(x, g, padding=0)
+    for i in range(2):
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(-1))
+    out = augment_batch(torch.ones(64, 3, 8, 8), g, padding=2)
+    assert out.shape == (64, 3, 8, 8) and (out == 0).any() and out.max() == 1
+
+
+def test_models_features_and_shapes():
+    for arch in ("preactresnet18", "preactresnet34"):
+        m = create_model(arch, 7, width=4).eval()
+        x = torch.rand(2, 3, 32, 32)
+        assert m(x).shape == (2, 7) and m.features(x).shape == (2, 32)
+        torch.testing.assert_close(m.linear(m.features(x)), m(x))
+
+
+def test_training_is_deterministic_and_resumes_after_interruption(tmp_path):
+    cfg = load_preset("smoke", {"train": {"epochs": 3}})
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 255, (96, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.arange(96) % 10
+
+    full = build_model(cfg, 10)
+    train_model(full, x, y, cfg.train, progress=False)
+
+    part = build_model(cfg, 10)
+    ckpt = tmp_path / "ckpt.pt"
+    hist = train_model(part, x, y, cfg.train, checkpoint=ckpt, progress=False, stop_after=1)
+    assert len(hist) == 1
+    resumed = build_model(cfg, 10)  # a fresh process: new model, state from the checkpoint
+    hist = train_model(resumed, x, y, cfg.train, checkpoint=ckpt, progress=False)
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in
+               zip(full.state_dict().values(), build_model(cfg, 10).state_dict().values()))
+
+
+def test_attack_run_writes_contract_and_hits_cache(tmp_path):
+    cfg = load_preset("smoke", {"train": {"epochs": 4}})
+    run = attacked_model(cfg, results_root=tmp_path, progress=False)
+    rec = json.loads((tmp_path / "smoke" / "synthetic" / "badnets" / "none.json").read_text())
+    for k in ("acc", "asr", "ra"):
+        assert 0 <= rec[k] <= 1
+    assert rec["asr"] > 0.5 and rec["acc"] > 0.15  # the backdoor is learned on synthetic data
+    assert rec["config"]["attack"]["name"] == "badnets" and rec["versions"]["torch"]
+    assert "commit" in rec["git"] and rec["num_poisoned"] == 100 and rec["wall_s"] >= 0
+    assert (tmp_path / "smoke" / "synthetic" / "badnets" / "model.pt").is_file()
+
+    again = attacked_model(cfg, results_root=tmp_path, progress=False)  # cache hit: no training
+    assert again.record["config_hash"] == run.record["config_hash"]
+    assert again.record["time_utc"] == run.record["time_utc"]
+    for a, b in zip(run.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    from burn.metrics import evaluate
+    assert evaluate(again.model, again.test, again.poisoned_test, 0) == {
+        k: rec[k] for k in ("acc", "asr", "ra")}
+
+    changed = attacked_model(load_preset("smoke", {"train": {"epochs": 3}}), results_root=tmp_path,
+                             progress=False)
+    assert changed.record["config_hash"] != run.record["config_hash"]
