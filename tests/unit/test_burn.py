@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from burn.config import BurnCfg
+from burn.defenses.burn import defend, prediction_divergence, schedule
+from burn.models import create_model
+
+CFG = BurnCfg(iterations=2, epochs=1, batch_size=32, alpha_start=0.05, alpha_end=0.1,
+              beta_start=0.1, beta_end=0.2)
+
+
+def test_schedule_is_linear_from_phase1_to_T():
+    cfg = BurnCfg()
+    assert schedule(cfg, 0) == (0.0, 0.005, 0.025)
+    lam, a, b = schedule(cfg, 5)
+    assert lam == 1.0 and a == pytest.approx(0.01) and b == pytest.approx(0.05)
+    lam, a, b = schedule(cfg, 2)
+    assert lam == pytest.approx(0.4) and a == pytest.approx(0.007) and b == pytest.approx(0.035)
+
+
+def test_divergences():
+    a = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 2.0, -1.0], [0.0, 0.0, 0.0]])
+    for kind in ("kl", "js", "l2"):
+        d = prediction_divergence(a, a, kind)
+        assert torch.allclose(d, torch.zeros(2), atol=1e-6)
+        d = prediction_divergence(a, b, kind)
+        assert d[0] > 0.1 and d[1] == pytest.approx(0.0, abs=1e-6)
+    p, q = a.softmax(1)[0], b.softmax(1)[0]
+    assert prediction_divergence(a, b, "kl")[0] == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)
+    torch.testing.assert_close(prediction_divergence(a, b, "js"), prediction_divergence(b, a, "js"))
+    with pytest.raises(ValueError):
+        prediction_divergence(a, b, "cosine")
+
+
+def _setup(n=200):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    original = torch.arange(n) % 10
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[::10] = True  # 20 poisoned samples (also target-class ones here: only the report reads it)
+    labels = torch.where(mask, torch.zeros_like(original), original)
+    norms = torch.rand(n, generator=g) * 0.5
+    norms[mask] += 1.0  # the poisoned samples sit farthest from the boundary
+    adv = torch.where(mask, original, (original + 1) % 10)
+    torch.manual_seed(0)
+    model = create_model("preactresnet18", 10, width=4)
+    return model, images, labels, original, mask, norms, adv
+
+
+def test_defend_selects_by_distance_reports_and_leaves_callers_model_alone():
+    model, images, labels, original, mask, norms, adv = _setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def evaluate(m):
+        calls.append(m.training)
+        return {"acc": 0.5, "asr": 0.25, "ra": 0.125}
+
+    purified, report = defend(model, images, labels, CFG, norms=norms, adv_labels=adv,
+                              poison_mask=mask, original_labels=original, evaluate=evaluate)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert any(not torch.equal(v, purified.state_dict()[k]) for k, v in before.items())
+    its = report.iterations
+    assert [it.t for it in its] == [0, 1, 2]
+    assert its[0].n_poison_set == 10 and its[0].n_clean_set == 0  # phase 1: 5% of 200
+    assert its[2].n_poison_set == 20 and its[2].n_clean_set == 40
+    assert its[0].precision == 1.0 and its[0].recall == 0.5 and its[0].revert_share == 1.0
+    assert its[0].poison_set_label_counts and sum(its[0].poison_set_label_counts.values()) == 10
+    assert its[1].lam == 0.5 and its[2].lam == 1.0
+    assert all(it.acc == 0.5 and it.asr == 0.25 for it in its) and report.before["acc"] == 0.5
+    assert calls == [False] * 4  # evaluated in eval mode: before + 3 iterations
+    d = report.to_dict()
+    assert d["iterations"][1]["poisoned_in_clean_set"] is not None and d["wall_s"] > 0
+
+
+def test_ground_truth_never_changes_the_algorithm():
+    model, images, labels, original, mask, norms, adv = _setup()
+    a, _ = defend(model, images, labels, CFG, norms=norms, adv_labels=adv)
+    b, rep = defend(model, images, labels, CFG, norms=norms, adv_labels=adv, poison_mask=mask,
+                    original_labels=original)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert rep.iterations[0].precision == 1.0
+
+
+def test_unknown_divergence_is_rejected():
+    model, images, labels, _, _, norms, adv = _setup(40)
+    with pytest.raises(ValueError, match="divergence"):
+        defend(model, images, labels, BurnCfg(divergence="cos"), norms=norms, adv_labels=adv)
