@@ -1,0 +1,83 @@
+"""How well the boundary distance separates poisoned from clean training samples, and why.
+
+These are the measurements behind Table 1, Fig. 2, Fig. 5 and the regime study: they take
+DeepFool outputs plus the ground-truth poison mask (available to the experimenter, never to
+the defense) and return plain dicts / DataFrames.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def auroc(scores: Tensor, positives: Tensor) -> float:
+    """Area under the ROC curve of ``scores`` as a detector of ``positives`` (ties count 1/2),
+    via the Mann-Whitney U statistic."""
+    scores, positives = scores.double(), positives.bool()
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = torch.argsort(scores)
+    ranks = torch.empty_like(scores)
+    sorted_scores = scores[order]
+    # average ranks over ties (1-based)
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    avg = ends - (counts.double() - 1) / 2
+    ranks[order] = avg[inverse]
+    u = ranks[positives].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def roc_curve(scores: Tensor, positives: Tensor, points: int = 200) -> tuple[Tensor, Tensor]:
+    """(false positive rate, true positive rate) at ``points`` thresholds from high to low."""
+    order = torch.argsort(scores.double(), descending=True, stable=True)
+    pos = positives.bool()[order].double()
+    tpr = torch.cumsum(pos, 0) / max(float(pos.sum()), 1.0)
+    fpr = torch.cumsum(1 - pos, 0) / max(float((1 - pos).sum()), 1.0)
+    idx = torch.linspace(0, len(scores) - 1, points).round().long()
+    return torch.cat([torch.zeros(1), fpr[idx].float()]), torch.cat([torch.zeros(1), tpr[idx].float()])
+
+
+def top_fraction_stats(scores: Tensor, positives: Tensor, fraction: float) -> dict:
+    """Precision and recall of the top ``fraction`` of samples by score."""
+    n = round(fraction * len(scores))
+    top = torch.argsort(scores, descending=True, stable=True)[:n]
+    tp = int(positives[top].sum())
+    return {"fraction": fraction, "n": n, "precision": tp / max(n, 1),
+            "recall": tp / max(int(positives.sum()), 1)}
+
+
+def separation_summary(norms: Tensor, adv_labels: Tensor, poison_mask: Tensor,
+                       original_labels: Tensor, target: int,
+                       fractions=(0.005, 0.01)) -> dict:
+    """The numbers of the regime study for one model: distance statistics, AUROC, the top
+    tails' precision/recall, label reversion, and what the top tail is made of."""
+    mask = poison_mask.bool()
+    clean, pois = norms[~mask].double(), norms[mask].double()
+    out = {
+        "n": len(norms), "n_poisoned": int(mask.sum()),
+        "mean_clean": float(clean.mean()), "mean_poisoned": float(pois.mean()) if len(pois) else None,
+        "median_clean": float(clean.median()), "median_poisoned": float(pois.median()) if len(pois) else None,
+        "auroc": auroc(norms, mask),
+        # Observation 2 of the paper: adversarial labels of poisoned samples fall back to the truth
+        "revert_share_poisoned": float((adv_labels[mask] == original_labels[mask]).float().mean()) if len(pois) else None,
+        "adv_label_is_target_clean": float((adv_labels[~mask] == target).float().mean()),
+    }
+    if len(pois):
+        out["mean_ratio"] = out["mean_poisoned"] / out["mean_clean"]
+        out["median_ratio"] = out["median_poisoned"] / out["median_clean"]
+    for f in fractions:
+        s = top_fraction_stats(norms, mask, f)
+        top = torch.argsort(norms, descending=True, stable=True)[:s["n"]]
+        clean_top = top[~mask[top]]
+        key = f"top{f * 100:g}pct"
+        out[f"{key}_precision"] = s["precision"]
+        out[f"{key}_recall"] = s["recall"]
+        # the failure mechanism measured earlier: clean samples whose nearest boundary is the target
+        out[f"{key}_clean_adv_is_target"] = (float((adv_labels[clean_top] == target).float().mean())
+                                            if len(clean_top) else None)
+        out[f"{key}_clean_classes"] = {int(c): int(k) for c, k in
+                                       zip(*torch.unique(original_labels[clean_top], return_counts=True))}
+    return out

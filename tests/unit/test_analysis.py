@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from burn.analysis import auroc, roc_curve, separation_summary, top_fraction_stats
+
+
+def test_auroc_against_pairwise_definition():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 5, (60,), generator=g).float()  # many ties
+    pos = torch.rand(60, generator=g) < 0.3
+    p, n = s[pos], s[~pos]
+    expected = ((p[:, None] > n[None]).float() + 0.5 * (p[:, None] == n[None]).float()).mean()
+    assert auroc(s, pos) == pytest.approx(float(expected), rel=1e-6)
+    assert auroc(torch.tensor([3.0, 2, 1, 0]), torch.tensor([1, 1, 0, 0]).bool()) == 1.0
+    assert auroc(torch.tensor([0.0, 1, 2, 3]), torch.tensor([1, 1, 0, 0]).bool()) == 0.0
+
+
+def test_top_fraction_and_roc():
+    s = torch.arange(100.0)
+    pos = s >= 95
+    st = top_fraction_stats(s, pos, 0.1)
+    assert st["n"] == 10 and st["precision"] == 0.5 and st["recall"] == 1.0
+    fpr, tpr = roc_curve(s, pos, points=11)
+    assert fpr[0] == 0 and tpr[-1] == 1 and fpr[-1] == 1 and (tpr.diff() >= 0).all()
+
+
+def test_separation_summary_mechanism_fields():
+    norms = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.4, 0.3, 0.2, 0.1])
+    mask = torch.tensor([0, 1, 1, 0, 0, 0, 0, 0, 0, 0]).bool()
+    original = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 1])
+    adv = torch.tensor([0, 2, 5, 0, 0, 0, 1, 1, 1, 1])
+    s = separation_summary(norms, adv, mask, original, target=0, fractions=(0.1, 0.3))
+    assert s["top10pct_precision"] == 0.0 and s["top10pct_clean_adv_is_target"] == 1.0
+    assert s["top10pct_clean_classes"] == {1: 1}
+    assert s["top30pct_precision"] == pytest.approx(2 / 3) and s["top30pct_recall"] == 1.0
+    assert s["revert_share_poisoned"] == 0.5
+    assert s["mean_ratio"] == pytest.approx(3.5 / (sum([5, 2, 1, .5, .4, .3, .2, .1]) / 8))
+    assert 0.5 < s["auroc"] < 1
