@@ -11,6 +11,7 @@ import yaml
 
 from .config import ConfigError, available_presets, load_preset
 from .data import DatasetNotFoundError
+from .experiment import ResultsConflictError
 
 EPILOG = """examples:
   burn attack --attack badnets --dataset cifar10 --preset cpu
@@ -54,6 +55,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download missing datasets with torchvision (needs internet)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value, e.g. train.epochs=30 (repeatable)")
+    p.add_argument("--variant", help="name for a modified preset (with --set); results go to <attack>/variants/<name>/")
     p.add_argument("--results-root", help="where results/ lives (default: the repository's results/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -64,6 +66,8 @@ def _config(args):
         overrides.setdefault("data", {})["dataset"] = args.dataset
     if args.attack:
         overrides.setdefault("attack", {})["name"] = args.attack
+    if args.variant:
+        overrides["variant"] = args.variant
     return load_preset(args.preset, overrides)
 
 
@@ -149,7 +153,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetNotFoundError, ConfigError, FileNotFoundError, ValueError) as e:
+    except (DatasetNotFoundError, ConfigError, FileNotFoundError, ValueError, ResultsConflictError) as e:
         print(f"burn: error: {e}", file=sys.stderr)
         return 2
 

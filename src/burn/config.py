@@ -94,6 +94,9 @@ class BurnCfg:
 @dataclass(frozen=True)
 class ExperimentCfg:
     preset: str = "paper"
+    # A named variant of the preset (e.g. a regime of the regime study): its results go to
+    # results/<preset>/<dataset>/<attack>/variants/<variant>/ instead of the preset's folder.
+    variant: str = ""
     data: DataCfg = DataCfg()
     model: ModelCfg = ModelCfg()
     train: TrainCfg = TrainCfg()

@@ -13,10 +13,8 @@ same with a resumable cache (the infected model is frozen, so its distances are 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -112,7 +110,6 @@ def deepfool(model: nn.Module, x: Tensor, *, num_candidates: int = 10, overshoot
         raise ValueError(f"num_candidates must be >= 2, got {num_candidates}")
     n = len(x)
     x0 = x.detach()
-    flat_dims = tuple(range(1, x0.ndim))
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -162,7 +159,7 @@ def deepfool(model: nn.Module, x: Tensor, *, num_candidates: int = 10, overshoot
             x_adv[idx] = xi if clip is None else xi.clamp(clip[0], clip[1])
             iterations[idx] += 1
             active = idx
-        norms = (x_adv - x0).norm(dim=flat_dims) if x0.ndim > 1 else (x_adv - x0).abs()
+        norms = (x_adv - x0).reshape(n, -1).norm(dim=1)
     finally:
         for m, mode in modes:
             m.training = mode

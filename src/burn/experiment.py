@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .analysis import separation_summary
 from .attacks import Attack, PoisonedDataset, make_attack
 from .cache import config_hash, load_torch, run_dir, save_torch, write_json
 from .config import PROJECT_ROOT, ExperimentCfg, to_dict
@@ -44,7 +45,12 @@ class AttackRun:
 
 
 def results_dir(cfg: ExperimentCfg, root: Path | None = None) -> Path:
-    return Path(root or RESULTS_ROOT) / cfg.preset / cfg.data.dataset / cfg.attack.name
+    base = Path(root or RESULTS_ROOT) / cfg.preset / cfg.data.dataset / cfg.attack.name
+    return base / "variants" / cfg.variant if cfg.variant else base
+
+
+class ResultsConflictError(RuntimeError):
+    """The results folder holds a model of another config; nothing is overwritten silently."""
 
 
 def _half_state(model: nn.Module) -> dict:
@@ -94,6 +100,10 @@ def attacked_model(cfg: ExperimentCfg, *, data_root=None, download: bool = False
 
             record = json.loads(record_path.read_text())
             return AttackRun(cfg, key, model.eval(), attack, poisoned, test, poisoned_test, record, out)
+        raise ResultsConflictError(
+            f"{model_path} holds a model of another config (hash {saved.get('config_hash')}, "
+            f"this run: {key}). Pass --variant NAME (config key `variant`) to keep both, or "
+            "--retrain to replace it.")
 
     cache = run_dir("attack", key)
     ckpt = cache / "checkpoint.pt"
@@ -190,10 +200,10 @@ def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None
     mask = run.poisoned.poison_mask
     df_summary = {
         "key": bd["key"], "wall_s": round(bd["wall_s"], 1),
-        "unconverged": int((~bd["converged"].bool()).sum()),
-        "mean_norm_clean": float(bd["norms"][~mask].mean()),
-        "mean_norm_poisoned": float(bd["norms"][mask].mean()) if mask.any() else None,
-        "revert_share_poisoned": float((bd["adv_labels"][mask] == run.poisoned.original_labels[mask]).float().mean()) if mask.any() else None,
+        "unconverged_clean": int((~bd["converged"].bool())[~mask].sum()),
+        "unconverged_poisoned": int((~bd["converged"].bool())[mask].sum()),
+        **separation_summary(bd["norms"], bd["adv_labels"], mask, run.poisoned.original_labels,
+                             target),
     }
     record = {
         "acc": final.acc, "asr": final.asr, "ra": final.ra,

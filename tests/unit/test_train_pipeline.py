@@ -1,9 +1,10 @@
 import json
 
+import pytest
 import torch
 
 from burn.config import load_preset
-from burn.experiment import attacked_model, build_model
+from burn.experiment import ResultsConflictError, attacked_model, build_model
 from burn.models import create_model
 from burn.train import augment_batch, train_model
 
@@ -68,6 +69,10 @@ def test_attack_run_writes_contract_and_hits_cache(tmp_path):
     assert evaluate(again.model, again.test, again.poisoned_test, 0) == {
         k: rec[k] for k in ("acc", "asr", "ra")}
 
-    changed = attacked_model(load_preset("smoke", {"train": {"epochs": 3}}), results_root=tmp_path,
-                             progress=False)
+    other = load_preset("smoke", {"train": {"epochs": 3}})
+    with pytest.raises(ResultsConflictError, match="--variant"):  # never overwrites silently
+        attacked_model(other, results_root=tmp_path, progress=False)
+    changed = attacked_model(load_preset("smoke", {"train": {"epochs": 3}, "variant": "short"}),
+                             results_root=tmp_path, progress=False)
     assert changed.record["config_hash"] != run.record["config_hash"]
+    assert (tmp_path / "smoke" / "synthetic" / "badnets" / "variants" / "short" / "none.json").is_file()
