@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, available_presets, load_preset
+from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset
 from .data import DatasetNotFoundError
 from .experiment import ResultsConflictError
 
@@ -106,6 +107,27 @@ def cmd_defend(args) -> int:
     return 0
 
 
+def cmd_regime(args) -> int:
+    from . import plotting
+    from .provenance import save_figure, save_table
+    from .studies import regime_csv_path, regime_study
+
+    df = regime_study(args.spec, run=args.run, include_gpu=args.include_gpu, only=args.only,
+                      data_root=args.data_root, results_root=args.results_root,
+                      progress=not args.quiet)
+    csv = regime_csv_path(args.spec, args.results_root)
+    save_table(df, csv, config={"spec": str(args.spec)}, inputs=[args.spec])
+    preset, dataset, attack = csv.parts[-4:-1]
+    fig_root = Path(args.results_root) / "figures" if args.results_root else PROJECT_ROOT / "figures"
+    save_figure(plotting.regime_figure(df, dataset), fig_root / preset / f"regime_{attack}",
+                config={"spec": str(args.spec)}, inputs=[csv])
+    cols = [c for c in ("regime", "status", "acc", "asr", "median_ratio", "auroc", "top05_precision",
+                        "top1_precision", "revert_share", "burn_acc", "burn_asr") if c in df]
+    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {csv}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     for name in available_presets():
         cfg = load_preset(name)
@@ -138,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--defense", default="burn", help="defense to run (default: burn)")
     p.set_defaults(func=cmd_defend)
+
+    p = sub.add_parser("regime", help="the regime study: which training regime makes Burn's selection work",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", default="experiments/regime_badnets.yaml", help="regime list (YAML)")
+    p.add_argument("--run", action="store_true", help="train/DeepFool/Burn the regimes lacking results (resumable)")
+    p.add_argument("--only", action="append", help="run only this regime (repeatable)")
+    p.add_argument("--include-gpu", action="store_true", help="also run regimes marked `needs: gpu`")
+    p.add_argument("--data-root")
+    p.add_argument("--results-root")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_regime)
 
     p = sub.add_parser("config", help="print the resolved config of a preset with overrides")
     _common(p)

@@ -46,3 +46,47 @@ def machine() -> dict:
 def provenance() -> dict:
     return {"git": git_commit(), "versions": versions(), "machine": machine(),
             "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _sidecar(path, config, inputs) -> None:
+    import hashlib
+    from pathlib import Path
+
+    from .cache import write_json
+
+    files = {}
+    for p in inputs or []:
+        p = Path(p)
+        if p.is_file():
+            files[str(p.relative_to(PROJECT_ROOT) if p.is_absolute() and PROJECT_ROOT in p.parents else p)] = \
+                hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    write_json(Path(str(path) + ".json"), {"output": Path(path).name, "config": config,
+                                           "inputs": files, **provenance()})
+
+
+def save_table(df, path, config=None, inputs=None) -> None:
+    """Write ``df`` as CSV atomically, with a ``.json`` sidecar (config, inputs, provenance)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    _sidecar(path, config, inputs)
+
+
+def save_figure(fig, path_stem, config=None, inputs=None) -> list:
+    """Save ``fig`` as PNG and PDF (``path_stem`` without suffix), with a sidecar."""
+    from pathlib import Path
+
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in ("png", "pdf"):
+        p = stem.with_suffix(f".{ext}")
+        fig.savefig(p, dpi=150, bbox_inches="tight", metadata=None if ext == "png" else {"CreationDate": None})
+        out.append(p)
+    _sidecar(stem.with_suffix(".png"), config, inputs)
+    return out

@@ -1,0 +1,85 @@
+"""Multi-run studies built from the experiment stages: the regime study of the DeepFool/Burn
+issue (which training regime, if any, makes Burn's distance-based selection work)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .config import PROJECT_ROOT, load_preset
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    why: str
+    overrides: dict = field(default_factory=dict)
+    needs: str = "cpu"
+
+
+def load_regimes(path) -> tuple[str, str, list[Regime]]:
+    raw = yaml.safe_load(Path(path).read_text())
+    regimes = [Regime(**r) for r in raw["regimes"]]
+    return raw["preset"], raw["attack"], regimes
+
+
+def regime_cfg(preset: str, attack: str, regime: Regime):
+    over = {**regime.overrides, "attack": {**regime.overrides.get("attack", {}), "name": attack}}
+    if regime.name:
+        over["variant"] = regime.name
+    return load_preset(preset, over)
+
+
+def regime_row(cfg, regime: Regime, results_root=None) -> dict:
+    """One row of regime.csv from the committed results of that regime (NaN where missing)."""
+    from .experiment import results_dir
+
+    d = results_dir(cfg, results_root)
+    row = {"regime": regime.name or cfg.preset, "why": regime.why, "needs": regime.needs,
+           "arch": cfg.model.arch, "width": cfg.model.width, "epochs": cfg.train.epochs,
+           "augment": cfg.train.augment, "status": "not run"}
+    if (d / "none.json").is_file():
+        rec = json.loads((d / "none.json").read_text())
+        row.update(status="trained", acc=rec["acc"], asr=rec["asr"], ra=rec["ra"],
+                   train_wall_s=rec["wall_s"])
+    if (d / "burn.json").is_file():
+        b = json.loads((d / "burn.json").read_text())
+        df = b["deepfool"]
+        row.update(status="done", deepfool_wall_s=df["wall_s"],
+                   unconverged=df["unconverged_clean"] + df["unconverged_poisoned"],
+                   mean_ratio=df.get("mean_ratio"), median_ratio=df.get("median_ratio"),
+                   auroc=df["auroc"],
+                   top05_precision=df["top0.5pct_precision"], top05_recall=df["top0.5pct_recall"],
+                   top1_precision=df["top1pct_precision"], top1_recall=df["top1pct_recall"],
+                   top05_clean_adv_is_target=df["top0.5pct_clean_adv_is_target"],
+                   revert_share=df["revert_share_poisoned"],
+                   burn_acc=b["acc"], burn_asr=b["asr"], burn_ra=b["ra"], burn_wall_s=b["wall_s"])
+    return row
+
+
+def regime_study(path, *, run: bool = False, include_gpu: bool = False, only: list[str] | None = None,
+                 data_root=None, results_root=None, progress: bool = True) -> pd.DataFrame:
+    """With ``run``, train / DeepFool / Burn each selected regime that lacks results (each
+    stage resumes from its cache); always return the table of what exists."""
+    from .experiment import attacked_model, burn_run
+
+    preset, attack, regimes = load_regimes(path)
+    rows = []
+    for regime in regimes:
+        cfg = regime_cfg(preset, attack, regime)
+        selected = (only is None or (regime.name or preset) in only) and (regime.needs != "gpu" or include_gpu)
+        if run and selected:
+            r = attacked_model(cfg, data_root=data_root, results_root=results_root, progress=progress)
+            burn_run(r, progress=progress, results_root=results_root)
+        rows.append(regime_row(cfg, regime, results_root))
+    return pd.DataFrame(rows)
+
+
+def regime_csv_path(path, results_root=None) -> Path:
+    preset, attack, _ = load_regimes(path)
+    cfg = load_preset(preset, {"attack": {"name": attack}})
+    return Path(results_root or PROJECT_ROOT / "results") / preset / cfg.data.dataset / attack / "regime.csv"
