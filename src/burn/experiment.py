@@ -179,8 +179,10 @@ def boundary_distances(run: AttackRun, *, progress: bool = True) -> dict:
     return out | {"key": key, "wall_s": wall}
 
 
-def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None = None) -> dict:
-    """Burn on an attacked model; writes ``burn.json`` (none.json's fields + the report)."""
+def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None = None,
+             out_dir: Path | None = None) -> dict:
+    """Burn on an attacked model; writes ``burn.json`` (none.json's fields + the report) to
+    ``out_dir`` (default: the attacked model's results folder)."""
     from .defenses.burn import defend
 
     bd = boundary_distances(run, progress=progress)
@@ -217,6 +219,6 @@ def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None
         "config": to_dict(run.cfg),
         **provenance(),
     }
-    out = results_dir(run.cfg, results_root) if results_root else run.results_dir
-    write_json(out / "burn.json", record)
+    out = out_dir or (results_dir(run.cfg, results_root) if results_root else run.results_dir)
+    write_json(Path(out) / "burn.json", record)
     return record

@@ -45,3 +45,154 @@ def regime_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
     axes[1].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def _attack_label(a: str) -> str:
+    from .artifacts import ATTACK_LABELS
+
+    return ATTACK_LABELS.get(a, a)
+
+
+def table1_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
+    """Table 1 as a picture: mean distance of clean vs poisoned samples per attack (ours), and
+    the poisoned/clean ratio beside the paper's ratio (absolute values depend on the model)."""
+    set_style()
+    d = df.assign(attack=df["attack"].map(_attack_label))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    long = d.melt(id_vars="attack", value_vars=["mean_clean", "mean_poisoned"], var_name="samples",
+                  value_name="distance")
+    long["samples"] = long["samples"].map({"mean_clean": "clean", "mean_poisoned": "poisoned"})
+    sns.barplot(long, x="attack", y="distance", hue="samples", ax=axes[0])
+    axes[0].set(ylabel="mean DeepFool L2 distance\n(pixel space, [0,1] images)", xlabel="attack",
+                title=f"Boundary distance, ours ({dataset})")
+    r = d.melt(id_vars="attack", value_vars=["ratio_mean", "ratio_median", "paper_ratio"],
+               var_name="source", value_name="ratio")
+    r["source"] = r["source"].map({"ratio_mean": "ours (means)", "ratio_median": "ours (medians)",
+                                   "paper_ratio": "paper (means)"})
+    sns.barplot(r, x="attack", y="ratio", hue="source", ax=axes[1])
+    axes[1].axhline(1.0, color="grey", lw=1, ls="--")
+    axes[1].set(ylabel="poisoned / clean distance", xlabel="attack", title="Ratio, ours vs the paper")
+    fig.tight_layout()
+    return fig
+
+
+def fig1_figure(df: pd.DataFrame, example: dict | None, dataset: str) -> plt.Figure:
+    """Fig. 1: the example (clean, poisoned, poisoned + DeepFool perturbation) with feature
+    cosine similarities, and their distribution over many samples."""
+    set_style()
+    fig = plt.figure(figsize=(11, 3.4))
+    gs = fig.add_gridspec(1, 5, width_ratios=[1, 1, 1, 0.2, 2.4])
+    if example is not None:
+        titles = ["clean x", f"poisoned T(x)\ncos = {example['cos_clean_poisoned']:.2f}",
+                  f"T(x) + DeepFool\ncos = {example['cos_clean_perturbed']:.2f}"]
+        for i, (key, title) in enumerate(zip(("clean", "poisoned", "perturbed"), titles)):
+            ax = fig.add_subplot(gs[0, i])
+            ax.imshow(example[key].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.set_axis_off()
+    ax = fig.add_subplot(gs[0, 4])
+    long = df.melt(id_vars="attack", value_vars=["cos_clean_poisoned", "cos_clean_perturbed"],
+                   var_name="pair", value_name="cosine")
+    long["pair"] = long["pair"].map({"cos_clean_poisoned": "x vs T(x)",
+                                     "cos_clean_perturbed": "x vs T(x)+DeepFool"})
+    long["attack"] = long["attack"].map(_attack_label)
+    sns.boxplot(long, x="attack", y="cosine", hue="pair", ax=ax, fliersize=1)
+    ax.set(ylabel="cosine similarity of\npenultimate features", xlabel="attack",
+           title=f"{len(df) // max(df['attack'].nunique(), 1)} images per attack ({dataset})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig2_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
+    """Fig. 2: adversarial-label distribution of clean vs poisoned samples, per attack."""
+    set_style()
+    attacks = list(dict.fromkeys(df["attack"]))
+    fig, axes = plt.subplots(1, len(attacks), figsize=(5.5 * len(attacks), 3.6), squeeze=False)
+    for ax, a in zip(axes[0], attacks):
+        d = df[df["attack"] == a]
+        sns.barplot(d, x="class", y="share", hue="group", ax=ax)
+        summary = d.groupby("group")[["share_true_label", "share_target"]].first()
+        text = "; ".join(f"{g}: {r.share_true_label:.0%} true label, {r.share_target:.0%} target"
+                         for g, r in summary.iterrows())
+        ax.set(title=f"{_attack_label(a)} ({dataset})\n{text}", xlabel="adversarial label",
+               ylabel="share of samples")
+        ax.title.set_fontsize(9)
+        ax.tick_params(axis="x", rotation=60)
+    fig.tight_layout()
+    return fig
+
+
+def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figure:
+    """Fig. 4: ACC vs ASR after each defense under each attack; missing runs are named."""
+    set_style()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if not df.empty:
+        d = df.assign(attack=df["attack"].map(_attack_label))
+        sns.scatterplot(d, x="asr", y="acc", hue="defense", style="attack", s=90, ax=ax)
+        ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    ax.set(xlim=(-0.02, 1.02), xlabel="ASR (lower is better)", ylabel="clean ACC (higher is better)",
+           title=f"Defenses: ACC vs ASR ({dataset})")
+    if missing:
+        shown = ", ".join(missing[:12]) + (f", ... ({len(missing)} in all)" if len(missing) > 12 else "")
+        fig.text(0.01, -0.02, f"not run yet (no results): {shown}", fontsize=7, va="top", wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def fig5_figure(dist: pd.DataFrame, roc: pd.DataFrame, summary: pd.DataFrame, dataset: str) -> plt.Figure:
+    """Fig. 5: distance distributions of clean vs poisoned samples and the ROC of the distance
+    as a poison detector, per attack."""
+    set_style()
+    attacks = list(dict.fromkeys(summary["attack"]))
+    fig, axes = plt.subplots(1, len(attacks) + 1, figsize=(4.2 * (len(attacks) + 1), 3.5), squeeze=False)
+    for ax, a in zip(axes[0], attacks):
+        d = dist[dist["attack"] == a]
+        sns.histplot(d, x="distance", hue="group", stat="density", common_norm=False, bins=60,
+                     element="step", ax=ax, log_scale=(True, False))
+        ax.set(title=f"{_attack_label(a)} ({dataset})", xlabel="DeepFool L2 distance (log scale)")
+    ax = axes[0][-1]
+    for a in attacks:
+        r = roc[roc["attack"] == a]
+        au = float(summary.loc[summary["attack"] == a, "auroc"].iloc[0])
+        ax.plot(r["fpr"], r["tpr"], label=f"{_attack_label(a)} (AUROC {au:.2f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+    ax.set(xlabel="false positive rate (clean flagged)", ylabel="true positive rate (poison found)",
+           title="Distance as a poison detector")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig6_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
+    """Fig. 6: ACC and ASR after one fine-tuning iteration on N relabeled poisoned samples."""
+    set_style()
+    long = df.melt(id_vars=["attack", "n_poisoned"], value_vars=["acc", "asr"], var_name="metric",
+                   value_name="value")
+    long["metric"] = long["metric"].str.upper()
+    long["attack"] = long["attack"].map(_attack_label)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    sns.lineplot(long, x="n_poisoned", y="value", hue="attack", style="metric", marker="o", ax=ax)
+    ax.set(xscale="symlog", xlabel="relabeled poisoned samples N (symlog)", ylabel="fraction of test images",
+           ylim=(-0.02, 1.02), title=f"Unlearning budget ({dataset})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def table2_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
+    """Table 2 as a picture: Burn's final ACC/ASR against alpha (fixed beta) and beta (fixed alpha)."""
+    set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    for ax, varied in zip(axes, ("alpha", "beta")):
+        d = df[df["varied"] == varied].melt(id_vars=[varied], value_vars=["acc", "asr"], var_name="metric",
+                                            value_name="value")
+        d["metric"] = d["metric"].str.upper()
+        sns.lineplot(d, x=varied, y="value", hue="metric", marker="o", ax=ax)
+        fixed = "beta" if varied == "alpha" else "alpha"
+        fv = df.loc[df["varied"] == varied, fixed]
+        ax.set(xlabel=f"{varied} (poison fraction)" if varied == "alpha" else f"{varied} (clean fraction)",
+               ylabel="fraction of test images", ylim=(-0.02, 1.02),
+               title=f"{varied} varied, {fixed} = {fv.iloc[0] if len(fv) else '-'} ({dataset})")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,260 @@
+"""The computations behind each table and figure of the paper. Notebooks call these, save the
+returned DataFrames with ``provenance.save_table`` and plot them with ``plotting``.
+
+Every function takes attacked-model runs (``experiment.AttackRun``) whose expensive parts (the
+model, the DeepFool distances of the whole training set) come from the committed results or
+the run cache, so rerunning a notebook after a plot change costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .analysis import auroc, roc_curve, top_fraction_stats
+from .config import load_preset
+from .experiment import AttackRun, attacked_model, boundary_distances, results_dir
+
+ATTACK_LABELS = {"badnets": "BadNets", "blended": "Blended", "inputaware": "Dynamic",
+                 "lc": "CL", "lf": "LF", "ssba": "SSBA", "trojannn": "TrojanNN", "clean": "Clean"}
+PAPER_ATTACKS = ("badnets", "blended", "inputaware", "lc", "lf", "ssba", "trojannn")
+PAPER_DEFENSES = ("burn", "fp", "nad", "anp", "ibau", "ftsam", "sau")
+DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny": "Tiny-ImageNet-200",
+                  "synthetic": "synthetic"}
+
+# The paper's Table 1: mean DeepFool L2 distance of clean and poisoned training samples.
+PAPER_TABLE1 = {
+    "cifar10": {"clean": 0.571, "badnets": 1.116, "blended": 1.227, "inputaware": 1.047, "lc": 2.151,
+                "lf": 1.312, "ssba": 0.858, "trojannn": 2.812},
+    "cifar100": {"clean": 0.261, "badnets": 0.795, "blended": 0.913, "inputaware": 0.877, "lc": 3.693,
+                 "lf": 0.690, "ssba": 0.631, "trojannn": 2.650},
+    "tiny": {"clean": 0.472, "badnets": 2.417, "blended": 3.391, "inputaware": 1.907, "lc": 4.809,
+             "lf": 3.131, "ssba": 3.922, "trojannn": 4.588},
+}
+
+
+def load_runs(preset: str, dataset: str, attacks, *, data_root=None, results_root=None,
+              progress: bool = True) -> dict[str, AttackRun]:
+    """Attacked models of ``attacks`` (trained, or loaded from the committed results)."""
+    runs = {}
+    for a in attacks:
+        cfg = load_preset(preset, {"data": {"dataset": dataset}, "attack": {"name": a}})
+        runs[a] = attacked_model(cfg, data_root=data_root, results_root=results_root, progress=progress)
+    return runs
+
+
+def _sample(mask: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded indices of up to ``n`` clean and ``n`` poisoned samples."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for pool in ((~mask).nonzero().squeeze(1), mask.nonzero().squeeze(1)):
+        out.append(pool[torch.randperm(len(pool), generator=g)[:n]].sort().values)
+    return out[0], out[1]
+
+
+def table1_boundary_distance(runs: dict[str, AttackRun], *, n: int = 1000, seed: int = 0,
+                             progress: bool = True) -> pd.DataFrame:
+    """Mean / median DeepFool distance of ``n`` clean and ``n`` poisoned training samples per
+    attack, beside the paper's Table 1 (raw values and the poisoned/clean ratio)."""
+    rows = []
+    for name, run in runs.items():
+        bd = boundary_distances(run, progress=progress)
+        mask = run.poisoned.poison_mask
+        ci, pi = _sample(mask, n, seed)
+        norms, conv = bd["norms"].double(), bd["converged"].bool()
+        paper = PAPER_TABLE1.get(run.cfg.data.dataset, {})
+        row = {"dataset": run.poisoned.name.split(",")[0], "attack": name,
+               "n_clean": len(ci), "n_poisoned": len(pi),
+               "mean_clean": float(norms[ci].mean()), "median_clean": float(norms[ci].median()),
+               "mean_poisoned": float(norms[pi].mean()) if len(pi) else float("nan"),
+               "median_poisoned": float(norms[pi].median()) if len(pi) else float("nan"),
+               "unconverged_clean": int((~conv[ci]).sum()), "unconverged_poisoned": int((~conv[pi]).sum()),
+               "paper_clean": paper.get("clean", float("nan")),
+               "paper_poisoned": paper.get(name, float("nan"))}
+        row["ratio_mean"] = row["mean_poisoned"] / row["mean_clean"]
+        row["ratio_median"] = row["median_poisoned"] / row["median_clean"]
+        row["paper_ratio"] = row["paper_poisoned"] / row["paper_clean"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def adversarial_labels(runs: dict[str, AttackRun], *, n: int = 1000, seed: int = 0,
+                       progress: bool = True) -> pd.DataFrame:
+    """Fig. 2: for ``n`` clean and ``n`` poisoned samples per attack, the share of each
+    adversarial label, and whether it is the sample's true label or the target."""
+    rows = []
+    for name, run in runs.items():
+        bd = boundary_distances(run, progress=progress)
+        mask = run.poisoned.poison_mask
+        target = run.cfg.attack.target
+        for group, idx in zip(("clean", "poisoned"), _sample(mask, n, seed)):
+            if not len(idx):
+                continue
+            adv, true = bd["adv_labels"][idx].long(), run.poisoned.original_labels[idx]
+            counts = torch.bincount(adv, minlength=len(run.poisoned.classes))
+            for c, k in enumerate(counts.tolist()):
+                rows.append({"attack": name, "group": group, "adv_label": c,
+                             "class": run.poisoned.classes[c], "share": k / len(idx),
+                             "share_true_label": float((adv == true).float().mean()),
+                             "share_target": float((adv == target).float().mean()),
+                             "n": len(idx)})
+    return pd.DataFrame(rows)
+
+
+def filtering(runs: dict[str, AttackRun], *, fractions=(0.005, 0.01, 0.05, 0.1),
+              roc_points: int = 200, dist_samples: int = 5000, seed: int = 0,
+              progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Fig. 5: how well the distance separates poisoned from clean training samples.
+    Returns (summary: AUROC and top-fraction precision/recall; ROC points; a seeded sample of
+    per-sample distances for the distribution plot)."""
+    summary, roc, dist = [], [], []
+    for name, run in runs.items():
+        bd = boundary_distances(run, progress=progress)
+        mask = run.poisoned.poison_mask
+        norms = bd["norms"].float()
+        row = {"attack": name, "auroc": auroc(norms, mask), "n": len(norms), "n_poisoned": int(mask.sum())}
+        for f in fractions:
+            s = top_fraction_stats(norms, mask, f)
+            row[f"top{f * 100:g}pct_precision"] = s["precision"]
+            row[f"top{f * 100:g}pct_recall"] = s["recall"]
+        summary.append(row)
+        fpr, tpr = roc_curve(norms, mask, roc_points)
+        roc.extend({"attack": name, "fpr": float(a), "tpr": float(b)} for a, b in zip(fpr, tpr))
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(len(norms), generator=g)[:dist_samples]
+        dist.extend({"attack": name, "distance": float(norms[i]),
+                     "group": "poisoned" if mask[i] else "clean"} for i in pick.tolist())
+    return pd.DataFrame(summary), pd.DataFrame(roc), pd.DataFrame(dist)
+
+
+@torch.no_grad()
+def _features(model, x: torch.Tensor) -> torch.Tensor:
+    from .models import to_model_format
+
+    model.eval()
+    return model.features(to_model_format(model, x))
+
+
+def feature_similarity(run: AttackRun, *, n: int = 500, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Fig. 1: cosine similarity of penultimate features between a clean training image x,
+    its poisoned version T(x), and T(x) after its DeepFool perturbation, for ``n`` non-target
+    clean training images. Returns per-sample similarities and one example (images + values)."""
+    from .deepfool import deepfool
+
+    p = run.poisoned
+    pool = ((~p.poison_mask) & (p.original_labels != run.cfg.attack.target)).nonzero().squeeze(1)
+    g = torch.Generator().manual_seed(seed)
+    idx = pool[torch.randperm(len(pool), generator=g)[:n]].sort().values
+    x = p.images[idx].float() / 255
+    xt = run.attack.triggered(p.images[idx]).float() / 255
+    cfg = run.cfg.deepfool
+    res = deepfool(run.model, xt, num_candidates=cfg.num_candidates, overshoot=cfg.overshoot,
+                   max_iter=cfg.max_iter, step_eps=cfg.step_eps)
+    fx, ft, fa = _features(run.model, x), _features(run.model, xt), _features(run.model, res.x_adv)
+    cos = torch.nn.functional.cosine_similarity
+    df = pd.DataFrame({"attack": run.cfg.attack.name, "index": idx.numpy(),
+                       "true_label": p.original_labels[idx].numpy(),
+                       "cos_clean_poisoned": cos(fx, ft).numpy(),
+                       "cos_clean_perturbed": cos(fx, fa).numpy(),
+                       "adv_label": res.adv_labels.numpy(), "distance": res.norms.numpy(),
+                       "converged": res.converged.numpy()})
+    # the example: the sample whose similarity rises most, among those that flipped back
+    back = df[(df["adv_label"] == df["true_label"])]
+    ex_row = (back if len(back) else df).assign(gain=lambda d: d.cos_clean_perturbed - d.cos_clean_poisoned) \
+        .sort_values("gain").iloc[len(back if len(back) else df) // 2]  # a typical one: the median gain
+    i = int((df["index"] == ex_row["index"]).to_numpy().nonzero()[0][0])
+    example = {"clean": x[i], "poisoned": xt[i], "perturbed": res.x_adv[i],
+               "cos_clean_poisoned": float(df.cos_clean_poisoned[i]),
+               "cos_clean_perturbed": float(df.cos_clean_perturbed[i]),
+               "true_class": p.classes[int(df.true_label[i])], "adv_class": p.classes[int(df.adv_label[i])]}
+    return df, example
+
+
+def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200),
+                      n_clean: int = 2500, labels: str = "adversarial", seed: int = 0,
+                      progress: bool = True) -> pd.DataFrame:
+    """Fig. 6: ACC / ASR after one Burn fine-tuning iteration (the spec's recipe) on N truly
+    poisoned samples with restored labels (``labels="adversarial"``: their DeepFool labels, as
+    Burn would; ``"true"``: the oracle labels) plus ``n_clean`` random clean samples."""
+    from .metrics import evaluate
+    from .train import run_epoch
+    import copy
+
+    bd = boundary_distances(run, progress=progress)
+    p = run.poisoned
+    cfg = run.cfg.burn
+    g = torch.Generator().manual_seed(seed)
+    pois = p.poison_idx[torch.randperm(len(p.poison_idx), generator=g)]
+    clean = (~p.poison_mask).nonzero().squeeze(1)
+    clean = clean[torch.randperm(len(clean), generator=g)[:n_clean]]
+    rows = []
+    for n in budgets:
+        pi = pois[:n]
+        relabel = bd["adv_labels"][pi].long() if labels == "adversarial" else p.original_labels[pi]
+        idx = torch.cat([pi, clean])
+        y = torch.cat([relabel, p.labels[clean]])
+        model = copy.deepcopy(run.model)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for _ in range(cfg.epochs):
+            run_epoch(model, opt, p.images[idx], y, batch_size=cfg.batch_size, generator=gen,
+                      augment=cfg.augment)
+        m = evaluate(model, run.test, run.poisoned_test, run.cfg.attack.target)
+        rows.append({"attack": run.cfg.attack.name, "n_poisoned": n, "n_clean": len(clean),
+                     "labels": labels,
+                     "label_is_true": float((relabel == p.original_labels[pi]).float().mean()) if n else float("nan"),
+                     **m})
+    return pd.DataFrame(rows)
+
+
+def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=PAPER_DEFENSES,
+                     *, results_root=None) -> tuple[pd.DataFrame, list[str]]:
+    """Fig. 4: ACC and ASR of every (attack, defense) whose results exist, plus the attacked
+    model (defense "none"). Returns the table and the list of missing combinations, which the
+    figure names instead of faking them."""
+    rows, missing = [], []
+    for a in attacks:
+        cfg = load_preset(preset, {"data": {"dataset": dataset}, "attack": {"name": a}})
+        d = results_dir(cfg, results_root)
+        for defense in ("none", *defenses):
+            f = d / f"{defense}.json"
+            if f.is_file():
+                r = json.loads(f.read_text())
+                rows.append({"attack": a, "defense": defense, "acc": r["acc"], "asr": r["asr"], "ra": r["ra"]})
+            else:
+                missing.append(f"{a}/{defense}")
+    return pd.DataFrame(rows, columns=["attack", "defense", "acc", "asr", "ra"]), missing
+
+
+def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 0.1),
+             fixed_alpha: float = 0.01, fixed_beta: float = 0.05, progress: bool = True,
+             results_root=None) -> pd.DataFrame:
+    """Table 2: Burn's final ACC/ASR with the poison fraction alpha varied at fixed beta, and
+    beta varied at fixed alpha (alpha / beta are the end values of the schedules; the start
+    values keep the spec's ratio start = end / 2). Each run is stored under
+    ``<results>/ablation/`` and reused."""
+    from dataclasses import replace
+
+    from .cache import config_hash, write_json
+    from .experiment import burn_run
+
+    rows = []
+    grid = [("alpha", a, fixed_beta) for a in alphas] + [("beta", fixed_alpha, b) for b in betas]
+    for varied, a, b in grid:
+        burn_cfg = replace(run.cfg.burn, alpha_start=a / 2, alpha_end=a, beta_start=b / 2, beta_end=b)
+        cfg = replace(run.cfg, burn=burn_cfg)
+        out = Path(results_root or run.results_dir) / "ablation" / config_hash(run.key, burn_cfg)
+        path = out / "burn.json"
+        if path.is_file():
+            rec = json.loads(path.read_text())
+        else:
+            sub = AttackRun(cfg, run.key, run.model, run.attack, run.poisoned, run.test, run.poisoned_test,
+                            run.record, run.results_dir)
+            rec = burn_run(sub, progress=progress, out_dir=out)
+        rows.append({"attack": run.cfg.attack.name, "varied": varied, "alpha": a, "beta": b,
+                     "acc": rec["acc"], "asr": rec["asr"], "ra": rec["ra"],
+                     "precision_final": rec["report"]["iterations"][-1].get("precision")})
+    return pd.DataFrame(rows)
