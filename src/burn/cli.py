@@ -128,6 +128,20 @@ def cmd_regime(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .artifacts import paper_vs_ours
+
+    text = paper_vs_ours(args.preset, args.dataset, results_root=args.results_root)
+    root = Path(args.results_root) if args.results_root else PROJECT_ROOT / "results"
+    out = root / args.preset / "paper_vs_ours.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".paper_vs_ours.md.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     for name in available_presets():
         cfg = load_preset(name)
@@ -175,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config of a preset with overrides")
     _common(p)
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("report", help="write results/<preset>/paper_vs_ours.md from the saved tables")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--results-root")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
