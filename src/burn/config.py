@@ -88,6 +88,10 @@ class BurnCfg:
     batch_size: int = 128
     augment: bool = True
     divergence: str = "kl"  # kl | js | l2
+    # How P_t is drawn. "global" (the paper, the default): the top alpha_t of all of D by score.
+    # "suspect_class" (opt-in repair, not the paper): estimate the target as the given label
+    # whose samples have the largest median distance, and draw P_t from that class only.
+    selection: str = "global"
     seed: int = 0
 
 

@@ -89,3 +89,18 @@ def test_unknown_divergence_is_rejected():
     model, images, labels, _, _, norms, adv = _setup(40)
     with pytest.raises(ValueError, match="divergence"):
         defend(model, images, labels, BurnCfg(divergence="cos"), norms=norms, adv_labels=adv)
+
+
+def test_suspect_class_selection_is_opt_in_and_draws_from_one_class():
+    from burn.defenses.burn import suspect_class
+
+    model, images, labels, original, mask, norms, adv = _setup()
+    assert suspect_class(norms, labels) == 0  # the poisoned samples carry label 0 and sit far
+    far_clean = (~mask) & (labels == 3)
+    norms = norms.clone()
+    norms[far_clean.nonzero().squeeze(1)[:5]] += 10  # a few very far clean samples of class 3
+    _, rep = defend(model, images, labels, CFG, norms=norms, adv_labels=adv, poison_mask=mask)
+    assert rep.iterations[0].precision == 0.5 and rep.suspect_class is None  # global: 5 of 10 clean
+    _, rep = defend(model, images, labels, BurnCfg(**{**CFG.__dict__, "selection": "suspect_class"}),
+                    norms=norms, adv_labels=adv, poison_mask=mask)
+    assert rep.suspect_class == 0 and rep.iterations[0].precision == 1.0

@@ -27,6 +27,16 @@ from ..metrics import predict_logits
 from ..train import run_epoch
 
 DIVERGENCES = ("kl", "js", "l2")
+SELECTIONS = ("global", "suspect_class")
+
+
+def suspect_class(norms: Tensor, labels: Tensor) -> int:
+    """The given label whose samples have the largest median boundary distance: under an
+    all-to-one attack the poisoned samples all carry the target label and sit far from the
+    boundary. Uses only what the defender holds (labels and distances)."""
+    classes = labels.unique()
+    medians = torch.stack([norms[labels == c].median() for c in classes])
+    return int(classes[medians.argmax()])
 
 
 @dataclass
@@ -57,11 +67,13 @@ class BurnReport:
     iterations: list[BurnIteration]
     wall_s: float
     deepfool: dict
+    suspect_class: int | None = None  # the estimated target (selection="suspect_class" only)
 
     def to_dict(self) -> dict:
         return {"config": self.config, "before": self.before,
                 "iterations": [asdict(it) for it in self.iterations],
-                "wall_s": self.wall_s, "deepfool": self.deepfool}
+                "wall_s": self.wall_s, "deepfool": self.deepfool,
+                "suspect_class": self.suspect_class}
 
 
 def schedule(cfg: BurnCfg, t: int) -> tuple[float, float, float]:
@@ -128,6 +140,8 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
         (images.shape, labels.shape, norms.shape, adv_labels.shape)
     if cfg.divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {cfg.divergence!r}; choose one of {DIVERGENCES}")
+    if cfg.selection not in SELECTIONS:
+        raise ValueError(f"unknown selection {cfg.selection!r}; choose one of {SELECTIONS}")
     t_start = time.perf_counter()
     f0 = copy.deepcopy(model).eval()
     for p in f0.parameters():
@@ -139,6 +153,9 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
     bd = _normalize(norms)
     gen = torch.Generator().manual_seed(cfg.seed)
     before = evaluate(f0) if evaluate is not None else {}
+    suspect = suspect_class(norms, labels) if cfg.selection == "suspect_class" else None
+    # candidates for P_t: everything, or (opt-in) only the suspect class
+    eligible = torch.ones(n, dtype=torch.bool) if suspect is None else labels == suspect
     logits0 = None
     iterations: list[BurnIteration] = []
     bar = tqdm(range(cfg.iterations + 1), desc="burn", disable=not progress)
@@ -155,7 +172,8 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
             pd = _normalize(prediction_divergence(logits0, predict_logits(ft, images), cfg.divergence))
             score = (1 - lam) * bd + lam * pd
             n_c = round(beta * n)
-        p_idx = _top(score, n_p, largest=True)
+        p_idx = _top(score.masked_fill(~eligible, float("-inf")), min(n_p, int(eligible.sum())),
+                     largest=True)
         c_idx = _top(score, n_c, largest=False) if n_c else p_idx.new_zeros(0)
         idx = torch.cat([p_idx, c_idx])
         y = torch.cat([adv_labels[p_idx], labels[c_idx]])
@@ -175,5 +193,5 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
         bar.set_postfix({k: f"{getattr(it, k):.3f}" for k in ("acc", "asr", "precision")
                          if getattr(it, k) is not None})
     report = BurnReport(config=asdict(cfg), before=before, iterations=iterations,
-                        wall_s=time.perf_counter() - t_start, deepfool={})
+                        wall_s=time.perf_counter() - t_start, deepfool={}, suspect_class=suspect)
     return ft.eval(), report
