@@ -66,8 +66,12 @@ class DeepFoolResult:
 
     @classmethod
     def cat(cls, parts: list["DeepFoolResult"]) -> "DeepFoolResult":
+        if not parts:
+            z = torch.zeros(0, dtype=torch.long)
+            return cls(norms=torch.zeros(0), adv_labels=z, orig_labels=z.clone(),
+                       iterations=z.clone(), converged=torch.zeros(0, dtype=torch.bool))
         names = ("norms", "adv_labels", "orig_labels", "iterations", "converged")
-        keep = all(p.x_adv is not None for p in parts) and len(parts) > 0
+        keep = all(p.x_adv is not None for p in parts)
         return cls(**{k: torch.cat([getattr(p, k) for p in parts]) for k in names},
                    x_adv=torch.cat([p.x_adv for p in parts]) if keep else None)
 
@@ -79,20 +83,42 @@ def _candidates(logits: Tensor, k: int) -> Tensor:
     return torch.cat([orig[:, None], rest], dim=1)
 
 
-def _difference_grads(logits: Tensor, x: Tensor, cand: Tensor) -> Tensor:
-    """w_j = grad_x(logit[cand_j] - logit[cand_0]), j = 1..k-1, from the one graph of ``logits``:
-    (n, k-1, *x.shape[1:]). One backward pass per candidate on the retained graph (measured
-    faster on the CPU than ``is_grads_batched``, which vmaps the backward; see the benchmark)."""
+def _norms(t: Tensor) -> Tensor:
+    """Per-sample L2 norm over all but the first dimension (any memory layout, no copy)."""
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim))) if t.ndim > 1 else t.abs()
+
+
+def _closest_boundary(logits: Tensor, x: Tensor, cand: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Linearized distance from each row of ``x`` to the boundary between ``cand[:, 0]`` and
+    each ``cand[:, j]``, j = 1..k-1: dist_j = |f_j| / (||w_j|| + 1e-8), with f_j the logit
+    difference and w_j = grad_x f_j. Returns, at l = argmin_j dist_j (the first on ties):
+    dist_l (n,), w_l (n, ...) and ||w_l|| (n,).
+
+    All k-1 gradients come from the one graph of ``logits``, by one backward pass per candidate
+    on the retained graph: on this CPU that was 2.1x faster than a single vmapped backward
+    (``is_grads_batched=True``) for PreAct-ResNet-18 width 16 (forward + 9 backwards of a batch
+    of 128: 14.0 against 30.1 ms/sample) and 1.6x faster at width 4 (3.6 against 5.9).
+    """
     n, k = cand.shape
     rows = torch.arange(n, device=logits.device)
-    grads = []
+    z = logits.detach().gather(1, cand)
+    f = (z[:, 1:] - z[:, :1]).abs()
+    best_d = best_w = best_norm = None
     for j in range(1, k):
         go = torch.zeros_like(logits)
         go[rows, cand[:, j]] = 1.0
         go[rows, cand[:, 0]] = -1.0
-        (g,) = torch.autograd.grad(logits, x, grad_outputs=go, retain_graph=j < k - 1)
-        grads.append(g)
-    return torch.stack(grads, dim=1)
+        (w,) = torch.autograd.grad(logits, x, grad_outputs=go, retain_graph=j < k - 1)
+        w_norm = _norms(w)
+        d = f[:, j - 1] / (w_norm + 1e-8)
+        if best_d is None:
+            best_d, best_w, best_norm = d, w, w_norm
+        else:
+            better = d < best_d
+            best_d = torch.where(better, d, best_d)
+            best_norm = torch.where(better, w_norm, best_norm)
+            best_w = torch.where(better.view(-1, *([1] * (w.ndim - 1))), w, best_w)
+    return best_d, best_w, best_norm
 
 
 def deepfool(model: nn.Module, x: Tensor, *, num_candidates: int = 10, overshoot: float = 0.02,
@@ -142,24 +168,28 @@ def deepfool(model: nn.Module, x: Tensor, *, num_candidates: int = 10, overshoot
             if last or bool(flipped.all()):
                 break
             keep = ~flipped
-            c = cand[active]
-            z = logits.detach().gather(1, c)
-            f = (z[:, 1:] - z[:, :1])[keep]  # (m, k-1)
-            w = _difference_grads(logits, xa, c)[keep]  # (m, k-1, ...)
-            del logits, xa
-            w_norm = w.flatten(2).norm(dim=2)  # (m, k-1)
-            dist = f.abs() / (w_norm + 1e-8)
-            best = dist.argmin(1)
-            m_rows = torch.arange(len(best), device=best.device)
-            scale = (dist[m_rows, best] + step_eps) / (w_norm[m_rows, best] + 1e-8)
-            r = scale.view(-1, *([1] * (x0.ndim - 1))) * w[m_rows, best]
             idx = active[keep]
+            rows = active  # the rows of the graph behind ``logits``
+            if (len(active) - len(idx)) * (k - 1) > len(idx):
+                # The k-1 backward passes would also run over the rows that just flipped; when
+                # those are many, forwarding the remaining rows again is cheaper (a backward
+                # costs about as much as a forward, or more, and there are k-1 of them).
+                del logits, xa
+                xa = x_adv[idx].requires_grad_(True)
+                logits = model(to_model_format(model, xa))
+                rows = idx
+            dist, w, w_norm = _closest_boundary(logits, xa, cand[rows])
+            del logits, xa
+            if len(rows) != len(idx):
+                dist, w, w_norm = dist[keep], w[keep], w_norm[keep]
+            scale = (dist + step_eps) / (w_norm + 1e-8)
+            r = scale.view(-1, *([1] * (x0.ndim - 1))) * w
             r_tot[idx] += r
             xi = x0[idx] + (1.0 + overshoot) * r_tot[idx]
             x_adv[idx] = xi if clip is None else xi.clamp(clip[0], clip[1])
             iterations[idx] += 1
             active = idx
-        norms = (x_adv - x0).reshape(n, -1).norm(dim=1)
+        norms = _norms(x_adv - x0)
     finally:
         for m, mode in modes:
             m.training = mode
@@ -201,9 +231,11 @@ def deepfool_dataset(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, *,
 
 
 def _fingerprint(images: Tensor) -> str:
+    """A hash of the images' shape, dtype and bytes (about 0.5 s for CIFAR-10's training set)."""
     t = images.detach().cpu().contiguous()
     h = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()[:16]
 
 
@@ -242,12 +274,7 @@ def cached_deepfool(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, *, key: 
                 parts[i] = _run_batches(model, images, cfg, s, e, bar)
                 save_torch({"fingerprint": fp, "result": parts[i].tensors()},
                            d / f"part_{s:08d}_{e:08d}.pt")
-    if parts:
-        result = DeepFoolResult.cat(parts)
-    else:
-        z = torch.zeros(0, dtype=torch.long)
-        result = DeepFoolResult(norms=torch.zeros(0), adv_labels=z, orig_labels=z.clone(),
-                                iterations=z.clone(), converged=torch.zeros(0, dtype=torch.bool))
+    result = DeepFoolResult.cat(parts)
     save_torch({"fingerprint": fp, "result": result.tensors()}, result_path)
     write_json(d / "config.json", {"key": key, "deepfool": to_dict(cfg),
                                    "version": DEEPFOOL_VERSION, "fingerprint": fp,

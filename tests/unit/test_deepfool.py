@@ -42,22 +42,27 @@ def synthetic(n: int, seed: int):
 
 @pytest.fixture(scope="module")
 def trained_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    model = tiny_cnn()
-    x, y = synthetic(2048, seed=1)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(2)
-    model.train()
-    for _ in range(300):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        xt, yt = synthetic(512, seed=3)
-        assert (model(xt).argmax(1) == yt).float().mean() > 0.8  # it learned something
+    return train_tiny_cnn()
+
+
+def train_tiny_cnn() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the model's initialization and dropout
+        model = tiny_cnn()
+        x, y = synthetic(2048, seed=1)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(2)
+        model.train()
+        for _ in range(300):
+            idx = torch.randint(0, len(x), (64,), generator=g)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            xt, yt = synthetic(512, seed=3)
+            assert (model(xt).argmax(1) == yt).float().mean() > 0.8  # it learned something
     for p in model.parameters():
         p.grad = None
     return model
@@ -127,7 +132,9 @@ def test_linear_model_matches_closed_form(dtype):
 
 
 def test_batched_matches_one_sample_reference(trained_cnn):
-    x, _ = synthetic(24, seed=4)
+    # 48 samples: some steps see a few flips (backward over the whole active batch), others
+    # many (the remaining rows are forwarded again); both must match the reference.
+    x, _ = synthetic(48, seed=5)
     kw = dict(num_candidates=4, overshoot=0.02, max_iter=50, clip=(0.0, 1.0), step_eps=1e-4)
     r = deepfool(trained_cnn, x, **kw)
     ref = [reference_deepfool(trained_cnn, xi, **kw) for xi in x]
@@ -182,6 +189,26 @@ def test_unconverged_when_clipping_blocks_the_first_step():
     assert full.x_adv[0, 0] == 1.0 and full.x_adv.sum() > 1.5
 
 
+def test_candidates_are_fixed_by_the_clean_input():
+    # logit_2 = 2 x_1 - 0.8 is third at (0.9, 0.1), so with k = 2 the candidates are {0, 1}.
+    # After the first (clipped) step class 2 is the runner-up, but DeepFool keeps stepping
+    # towards the boundary of class 1 and crosses that of class 2 on the way.
+    m = nn.Linear(2, 3)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 2.0]]))
+        m.bias.copy_(torch.tensor([0.0, -1.5, -0.8]))
+    x = torch.tensor([[0.9, 0.1]], dtype=torch.float64)
+    m = m.double()
+    r = deepfool(m, x, num_candidates=2)
+    s2, eps = 2**0.5, 1e-4
+    r1 = (0.5 / s2 + eps) / s2  # per coordinate, towards class 1
+    f = 1.0 + 0.1 + 1.02 * r1 - 1.5  # logit_1 after step 1 (x_0 clipped to 1)
+    r2 = (abs(f) / s2 + eps) / s2
+    expected = torch.tensor([1.0, 0.1 + 1.02 * (r1 + r2)], dtype=torch.float64)
+    torch.testing.assert_close(r.x_adv[0], expected, rtol=1e-7, atol=0)  # 1e-8 guards: ~1e-8
+    assert r.iterations[0] == 2 and r.converged[0] and r.adv_labels[0] == 2
+
+
 def test_model_state_is_restored_and_untouched(trained_cnn):
     model = tiny_cnn()
     model.load_state_dict(trained_cnn.state_dict())
@@ -223,6 +250,14 @@ def test_dataset_runner_scales_uint8(trained_cnn):
     assert torch.equal(r.adv_labels, ref.adv_labels)
     assert torch.equal(r.orig_labels, ref.orig_labels)
     torch.testing.assert_close(r.norms, ref.norms, rtol=1e-4, atol=0)
+
+
+def test_empty_input(trained_cnn):
+    r = deepfool(trained_cnn, torch.zeros(0, 3, 8, 8))
+    assert len(r) == 0 and r.x_adv.shape == (0, 3, 8, 8)
+    e = deepfool_dataset(trained_cnn, torch.zeros(0, 3, 8, 8, dtype=torch.uint8), DeepFoolCfg(),
+                         progress=False)
+    assert len(e) == 0 and e.to_dict()["unconverged"] == 0
 
 
 def test_cache_loads_and_resumes(trained_cnn, tmp_path, monkeypatch):
