@@ -8,6 +8,7 @@ its config hash matches, so a reviewer runs every defense without training.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +108,13 @@ def attacked_model(cfg: ExperimentCfg, *, data_root=None, download: bool = False
 
     cache = run_dir("attack", key)
     ckpt = cache / "checkpoint.pt"
+    # A partly trained run committed from another machine (results/.../checkpoint-<key>.pt,
+    # see README) resumes here; the run cache outside the repository may be gone.
+    shipped = out / f"checkpoint-{key}.pt"
     if retrain and ckpt.exists():
         ckpt.unlink()
+    if not retrain and not ckpt.exists() and shipped.is_file():
+        shutil.copyfile(shipped, ckpt)
     t0 = time.perf_counter()
     history = train_model(model, poisoned.images, poisoned.labels, cfg.train, checkpoint=ckpt,
                           progress=progress)
@@ -137,6 +143,7 @@ def attacked_model(cfg: ExperimentCfg, *, data_root=None, download: bool = False
     }
     save_torch({"config_hash": key, "config": to_dict(cfg), "state_dict": state}, model_path)
     write_json(record_path, record)
+    shipped.unlink(missing_ok=True)  # superseded by model.pt
     return AttackRun(cfg, key, model, attack, poisoned, test, poisoned_test, record, out)
 
 

@@ -76,3 +76,30 @@ def test_attack_run_writes_contract_and_hits_cache(tmp_path):
                              results_root=tmp_path, progress=False)
     assert changed.record["config_hash"] != run.record["config_hash"]
     assert (tmp_path / "smoke" / "synthetic" / "badnets" / "variants" / "short" / "none.json").is_file()
+
+
+def test_a_committed_partial_checkpoint_resumes_on_a_new_machine(tmp_path, monkeypatch):
+    from burn.cache import run_dir
+    from burn.experiment import attack_key, prepare_data, results_dir
+
+    cfg = load_preset("smoke", {"train": {"epochs": 2}})
+    full = attacked_model(cfg, results_root=tmp_path / "a", progress=False)
+
+    # machine 1 trains one epoch, then the session ends; its checkpoint is committed
+    _, poisoned, _, _ = prepare_data(cfg)
+    key = attack_key(cfg, poisoned.name)
+    monkeypatch.setenv("BURN_CACHE", str(tmp_path / "cache1"))
+    m = build_model(cfg, 10)
+    train_model(m, poisoned.images, poisoned.labels, cfg.train, checkpoint=run_dir("attack", key) / "checkpoint.pt",
+                progress=False, stop_after=1)
+    shipped = results_dir(cfg, tmp_path / "b") / f"checkpoint-{key}.pt"
+    shipped.parent.mkdir(parents=True)
+    shipped.write_bytes((run_dir("attack", key) / "checkpoint.pt").read_bytes())
+
+    # machine 2: empty cache; the run resumes from the shipped checkpoint and finishes
+    monkeypatch.setenv("BURN_CACHE", str(tmp_path / "cache2"))
+    run = attacked_model(cfg, results_root=tmp_path / "b", progress=False)
+    assert [h["epoch"] for h in run.record["history"]] == [1, 2]
+    assert not shipped.exists()  # superseded by model.pt
+    for a, b in zip(full.model.state_dict().values(), run.model.state_dict().values()):
+        assert torch.equal(a, b)
