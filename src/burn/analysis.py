@@ -51,7 +51,7 @@ def top_fraction_stats(scores: Tensor, positives: Tensor, fraction: float) -> di
 
 def separation_summary(norms: Tensor, adv_labels: Tensor, poison_mask: Tensor,
                        original_labels: Tensor, target: int,
-                       fractions=(0.005, 0.01)) -> dict:
+                       fractions=(0.005, 0.01), given_labels: Tensor | None = None) -> dict:
     """The numbers of the regime study for one model: distance statistics, AUROC, the top
     tails' precision/recall, label reversion, and what the top tail is made of."""
     mask = poison_mask.bool()
@@ -80,4 +80,14 @@ def separation_summary(norms: Tensor, adv_labels: Tensor, poison_mask: Tensor,
                                             if len(clean_top) else None)
         out[f"{key}_clean_classes"] = {int(c): int(k) for c, k in
                                        zip(*torch.unique(original_labels[clean_top], return_counts=True))}
+        if given_labels is not None:
+            # the opt-in repair (BurnCfg.selection="suspect_class"): the same number of samples,
+            # drawn from the given label with the largest median distance only
+            from .defenses.burn import suspect_class
+
+            sc = suspect_class(norms, given_labels)
+            in_class = given_labels == sc
+            st = top_fraction_stats(norms.masked_fill(~in_class, float("-inf")), mask, f)
+            out["suspect_class"] = sc
+            out[f"{key}_suspect_class_precision"] = st["precision"]
     return out

@@ -212,7 +212,7 @@ def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None
         "unconverged_clean": int((~bd["converged"].bool())[~mask].sum()),
         "unconverged_poisoned": int((~bd["converged"].bool())[mask].sum()),
         **separation_summary(bd["norms"], bd["adv_labels"], mask, run.poisoned.original_labels,
-                             target),
+                             target, given_labels=run.poisoned.labels),
     }
     record = {
         "acc": final.acc, "asr": final.asr, "ra": final.ra,

@@ -36,3 +36,13 @@ def test_separation_summary_mechanism_fields():
     assert s["revert_share_poisoned"] == 0.5
     assert s["mean_ratio"] == pytest.approx(3.5 / (sum([5, 2, 1, .5, .4, .3, .2, .1]) / 8))
     assert 0.5 < s["auroc"] < 1
+
+
+def test_suspect_class_precision_uses_only_given_labels():
+    norms = torch.tensor([9.0, 8.0, 3.0, 2.5, 2.0, 0.5, 0.4, 0.3, 0.2, 0.1])
+    mask = torch.tensor([0, 0, 1, 1, 0, 0, 0, 0, 0, 0]).bool()
+    given = torch.tensor([1, 2, 0, 0, 0, 1, 2, 1, 2, 1])  # poisoned carry label 0
+    s = separation_summary(norms, torch.zeros(10, dtype=torch.long), mask, given, target=0,
+                           fractions=(0.2,), given_labels=given)
+    assert s["top20pct_precision"] == 0.0  # the global top 2 are far clean samples
+    assert s["suspect_class"] == 0 and s["top20pct_suspect_class_precision"] == 1.0
