@@ -94,7 +94,7 @@ def cmd_defend(args) -> int:
     cfg = _config(args)
     run = attacked_model(cfg, data_root=args.data_root, download=args.download,
                          results_root=args.results_root, progress=not args.quiet)
-    r = burn_run(run, progress=not args.quiet, results_root=args.results_root)
+    r = burn_run(run, progress=not args.quiet, results_root=args.results_root, tag=args.tag or "")
     b = r["before"]
     print(f"{r['dataset']} | {cfg.attack.name} | Burn, {cfg.burn.iterations} iterations")
     print(f"before: ACC {b['acc']:.4f}  ASR {b['asr']:.4f}  RA {b['ra']:.4f}")
@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
     p.add_argument("--defense", default="burn", help="defense to run (default: burn)")
+    p.add_argument("--tag", help="name for a run with non-default Burn options (--set burn.*): "
+                                 "writes burn_<tag>.json beside burn.json")
     p.set_defaults(func=cmd_defend)
 
     p = sub.add_parser("regime", help="the regime study: which training regime makes Burn's selection work",

@@ -187,9 +187,10 @@ def boundary_distances(run: AttackRun, *, progress: bool = True) -> dict:
 
 
 def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None = None,
-             out_dir: Path | None = None) -> dict:
+             out_dir: Path | None = None, tag: str = "") -> dict:
     """Burn on an attacked model; writes ``burn.json`` (none.json's fields + the report) to
-    ``out_dir`` (default: the attacked model's results folder)."""
+    ``out_dir`` (default: the attacked model's results folder); with ``tag`` (a run with
+    non-default Burn options), ``burn_<tag>.json`` instead, so the paper's default stays."""
     from .defenses.burn import defend
 
     bd = boundary_distances(run, progress=progress)
@@ -227,5 +228,5 @@ def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None
         **provenance(),
     }
     out = out_dir or (results_dir(run.cfg, results_root) if results_root else run.results_dir)
-    write_json(Path(out) / "burn.json", record)
+    write_json(Path(out) / (f"burn_{tag}.json" if tag else "burn.json"), record)
     return record
