@@ -275,77 +275,56 @@ def paper_vs_ours(preset: str, dataset: str = "cifar10", *, results_root=None) -
         p = res / name
         return pd.read_csv(p) if p.is_file() else None
 
-    t1 = table("table1_boundary_distance.csv")
-    lines += ["## Table 1: poisoned samples lie farther from the boundary (`table1_boundary_distance`)", ""]
-    if t1 is None:
-        lines += ["Not run yet.", ""]
-    else:
-        lines += [f"Data: {t1['dataset'].iloc[0]}. Mean DeepFool L2 distance in pixel space; the ratio "
-                  "poisoned/clean is the comparable number (absolute values depend on the model and input scaling).", "",
-                  "| attack | paper clean | paper poisoned | paper ratio | ours clean | ours poisoned | ours ratio (means) | ours ratio (medians) | holds? |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in t1.itertuples():
-            holds = "yes" if r.ratio_mean > 1 else "no"
-            lines.append(f"| {ATTACK_LABELS.get(r.attack, r.attack)} | {r.paper_clean:.3f} | {r.paper_poisoned:.3f} | "
-                         f"{r.paper_ratio:.2f} | {r.mean_clean:.3f} | {r.mean_poisoned:.3f} | {r.ratio_mean:.2f} | "
-                         f"{r.ratio_median:.2f} | {holds} (ratio > 1) |")
+    def section(title, csv, intro, header, rows):
+        """A markdown section: the title, then the table of ``rows(df)`` or "Not run yet."."""
+        df = table(csv)
+        lines.extend([title, ""])
+        if df is None or df.empty:
+            lines.extend(["Not run yet.", ""])
+            return
+        lines.extend([*intro(df), "| " + " | ".join(header) + " |", "|" + "---|" * len(header)])
+        lines.extend("| " + " | ".join(str(c) for c in row) + " |" for row in rows(df))
         lines.append("")
-    f1 = table("fig1_feature_similarity.csv")
-    lines += ["## Fig. 1: the DeepFool perturbation restores clean features (`fig1_feature_similarity`)", ""]
-    if f1 is None:
-        lines += ["Not run yet.", ""]
-    else:
-        lines += ["Paper: cosine similarity to the clean image's features 0.52 (poisoned) -> 0.88 (poisoned + "
-                  "perturbation), for one example.", "", "| attack | ours: mean cos(x, T(x)) | ours: mean cos(x, T(x)+DeepFool) | n |",
-                  "|---|---|---|---|"]
-        for a, g in f1.groupby("attack", sort=False):
-            lines.append(f"| {ATTACK_LABELS.get(a, a)} | {g.cos_clean_poisoned.mean():.3f} | {g.cos_clean_perturbed.mean():.3f} | {len(g)} |")
-        lines.append("")
-    f2 = table("fig2_adversarial_labels.csv")
-    lines += ["## Fig. 2: adversarial labels of poisoned samples fall back to their true class (`fig2_adversarial_labels`)", ""]
-    if f2 is None:
-        lines += ["Not run yet.", ""]
-    else:
-        lines += ["| attack | group | adv. label = true label | adv. label = target |", "|---|---|---|---|"]
-        for (a, grp), g in f2.groupby(["attack", "group"], sort=False):
-            lines.append(f"| {ATTACK_LABELS.get(a, a)} | {grp} | {g.share_true_label.iloc[0]:.3f} | {g.share_target.iloc[0]:.3f} |")
-        lines.append("")
-    f5 = table("fig5_filtering.csv")
-    lines += ["## Fig. 5: boundary distance separates poisoned from clean samples (`fig5_filtering`)", ""]
-    if f5 is None:
-        lines += ["Not run yet.", ""]
-    else:
-        lines += ["Burn relabels the top 0.5%-1% by distance: that selection must be mostly poison.", "",
-                  "| attack | AUROC | precision top 0.5% | precision top 1% | recall top 1% |", "|---|---|---|---|---|"]
-        for r in f5.to_dict("records"):
-            lines.append(f"| {ATTACK_LABELS.get(r['attack'], r['attack'])} | {r['auroc']:.3f} | {r['top0.5pct_precision']:.3f} | "
-                         f"{r['top1pct_precision']:.3f} | {r['top1pct_recall']:.3f} |")
-        lines.append("")
-    f4 = table("fig4_defense_tradeoff.csv")
-    lines += ["## Fig. 4: Burn removes the backdoor and keeps accuracy (`fig4_defense_tradeoff`)", ""]
-    if f4 is None or f4.empty:
-        lines += ["Not run yet.", ""]
-    else:
-        lines += ["| attack | defense | ACC | ASR | RA |", "|---|---|---|---|---|"]
-        for r in f4.itertuples():
-            lines.append(f"| {ATTACK_LABELS.get(r.attack, r.attack)} | {r.defense} | {r.acc:.3f} | {r.asr:.3f} | {r.ra:.3f} |")
-        lines.append("")
-    f6 = table("fig6_unlearning_budget.csv")
-    lines += ["## Fig. 6: a few relabeled poisoned samples suffice (`fig6_unlearning_budget`)", ""]
-    if f6 is None:
-        lines += ["Not run yet.", ""]
-    else:
-        lines += ["| attack | N relabeled poisoned | ACC | ASR |", "|---|---|---|---|"]
-        for r in f6.itertuples():
-            lines.append(f"| {ATTACK_LABELS.get(r.attack, r.attack)} | {r.n_poisoned} | {r.acc:.3f} | {r.asr:.3f} |")
-        lines.append("")
-    t2 = table("table2_ablation.csv")
-    lines += ["## Table 2: ablation of alpha and beta (`table2_ablation`)", ""]
-    if t2 is None:
-        lines += ["Not run yet.", ""]
-    else:
-        lines += ["| varied | alpha | beta | ACC | ASR |", "|---|---|---|---|---|"]
-        for r in t2.itertuples():
-            lines.append(f"| {r.varied} | {r.alpha:g} | {r.beta:g} | {r.acc:.3f} | {r.asr:.3f} |")
-        lines.append("")
+
+    def label(a):
+        return ATTACK_LABELS.get(a, a)
+
+    section("## Table 1: poisoned samples lie farther from the boundary (`table1_boundary_distance`)",
+            "table1_boundary_distance.csv",
+            lambda df: [f"Data: {df['dataset'].iloc[0]}. Mean DeepFool L2 distance in pixel space; the ratio "
+                        "poisoned/clean is the comparable number (absolute values depend on the model and input scaling).", ""],
+            ["attack", "paper clean", "paper poisoned", "paper ratio", "ours clean", "ours poisoned",
+             "ours ratio (means)", "ours ratio (medians)", "holds?"],
+            lambda df: ([label(r.attack), f"{r.paper_clean:.3f}", f"{r.paper_poisoned:.3f}", f"{r.paper_ratio:.2f}",
+                         f"{r.mean_clean:.3f}", f"{r.mean_poisoned:.3f}", f"{r.ratio_mean:.2f}", f"{r.ratio_median:.2f}",
+                         f"{'yes' if r.ratio_mean > 1 else 'no'} (ratio > 1)"] for r in df.itertuples()))
+    section("## Fig. 1: the DeepFool perturbation restores clean features (`fig1_feature_similarity`)",
+            "fig1_feature_similarity.csv",
+            lambda df: ["Paper: cosine similarity to the clean image's features 0.52 (poisoned) -> 0.88 (poisoned + "
+                        "perturbation), for one example.", ""],
+            ["attack", "ours: mean cos(x, T(x))", "ours: mean cos(x, T(x)+DeepFool)", "n"],
+            lambda df: ([label(a), f"{g.cos_clean_poisoned.mean():.3f}", f"{g.cos_clean_perturbed.mean():.3f}", len(g)]
+                        for a, g in df.groupby("attack", sort=False)))
+    section("## Fig. 2: adversarial labels of poisoned samples fall back to their true class (`fig2_adversarial_labels`)",
+            "fig2_adversarial_labels.csv", lambda df: [],
+            ["attack", "group", "adv. label = true label", "adv. label = target"],
+            lambda df: ([label(a), grp, f"{g.share_true_label.iloc[0]:.3f}", f"{g.share_target.iloc[0]:.3f}"]
+                        for (a, grp), g in df.groupby(["attack", "group"], sort=False)))
+    section("## Fig. 5: boundary distance separates poisoned from clean samples (`fig5_filtering`)",
+            "fig5_filtering.csv",
+            lambda df: ["Burn relabels the top 0.5%-1% by distance: that selection must be mostly poison.", ""],
+            ["attack", "AUROC", "precision top 0.5%", "precision top 1%", "recall top 1%"],
+            lambda df: ([label(r["attack"]), f"{r['auroc']:.3f}", f"{r['top0.5pct_precision']:.3f}",
+                         f"{r['top1pct_precision']:.3f}", f"{r['top1pct_recall']:.3f}"] for r in df.to_dict("records")))
+    section("## Fig. 4: Burn removes the backdoor and keeps accuracy (`fig4_defense_tradeoff`)",
+            "fig4_defense_tradeoff.csv", lambda df: [], ["attack", "defense", "ACC", "ASR", "RA"],
+            lambda df: ([label(r.attack), r.defense, f"{r.acc:.3f}", f"{r.asr:.3f}", f"{r.ra:.3f}"]
+                        for r in df.itertuples()))
+    section("## Fig. 6: a few relabeled poisoned samples suffice (`fig6_unlearning_budget`)",
+            "fig6_unlearning_budget.csv", lambda df: [], ["attack", "N relabeled poisoned", "ACC", "ASR"],
+            lambda df: ([label(r.attack), r.n_poisoned, f"{r.acc:.3f}", f"{r.asr:.3f}"] for r in df.itertuples()))
+    section("## Table 2: ablation of alpha and beta (`table2_ablation`)",
+            "table2_ablation.csv", lambda df: [], ["varied", "alpha", "beta", "ACC", "ASR"],
+            lambda df: ([r.varied, f"{r.alpha:g}", f"{r.beta:g}", f"{r.acc:.3f}", f"{r.asr:.3f}"]
+                        for r in df.itertuples()))
     return "\n".join(lines)
