@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .defenses.burn import suspect_class
+
 
 def auroc(scores: Tensor, positives: Tensor) -> float:
     """Area under the ROC curve of ``scores`` as a detector of ``positives`` (ties count 1/2),
@@ -83,8 +85,6 @@ def separation_summary(norms: Tensor, adv_labels: Tensor, poison_mask: Tensor,
         if given_labels is not None:
             # the opt-in repair (BurnCfg.selection="suspect_class"): the same number of samples,
             # drawn from the given label with the largest median distance only
-            from .defenses.burn import suspect_class
-
             sc = suspect_class(norms, given_labels)
             in_class = given_labels == sc
             st = top_fraction_stats(norms.masked_fill(~in_class, float("-inf")), mask, f)

@@ -8,15 +8,22 @@ the run cache, so rerunning a notebook after a plot change costs seconds.
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from .analysis import auroc, roc_curve, top_fraction_stats
-from .config import load_preset
-from .experiment import AttackRun, attacked_model, boundary_distances, results_dir
+from .cache import config_hash
+from .config import PROJECT_ROOT, load_preset
+from .deepfool import deepfool
+from .defenses.burn import finetune
+from .experiment import AttackRun, attacked_model, boundary_distances, burn_run, results_dir
+from .metrics import evaluate
+from .models import to_model_format
 
 ATTACK_LABELS = {"badnets": "BadNets", "blended": "Blended", "inputaware": "Dynamic",
                  "lc": "CL", "lf": "LF", "ssba": "SSBA", "trojannn": "TrojanNN", "clean": "Clean"}
@@ -132,8 +139,6 @@ def filtering(runs: dict[str, AttackRun], *, fractions=(0.005, 0.01, 0.05, 0.1),
 
 @torch.no_grad()
 def _features(model, x: torch.Tensor) -> torch.Tensor:
-    from .models import to_model_format
-
     model.eval()
     return model.features(to_model_format(model, x))
 
@@ -142,8 +147,6 @@ def feature_similarity(run: AttackRun, *, n: int = 500, seed: int = 0) -> tuple[
     """Fig. 1: cosine similarity of penultimate features between a clean training image x,
     its poisoned version T(x), and T(x) after its DeepFool perturbation, for ``n`` non-target
     clean training images. Returns per-sample similarities and one example (images + values)."""
-    from .deepfool import deepfool
-
     p = run.poisoned
     pool = ((~p.poison_mask) & (p.original_labels != run.cfg.attack.target)).nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
@@ -179,10 +182,6 @@ def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200
     """Fig. 6: ACC / ASR after one Burn fine-tuning iteration (the spec's recipe) on N truly
     poisoned samples with restored labels (``labels="adversarial"``: their DeepFool labels, as
     Burn would; ``"true"``: the oracle labels) plus ``n_clean`` random clean samples."""
-    from .metrics import evaluate
-    from .train import run_epoch
-    import copy
-
     bd = boundary_distances(run, progress=progress)
     p = run.poisoned
     cfg = run.cfg.burn
@@ -196,12 +195,8 @@ def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200
         relabel = bd["adv_labels"][pi].long() if labels == "adversarial" else p.original_labels[pi]
         idx = torch.cat([pi, clean])
         y = torch.cat([relabel, p.labels[clean]])
-        model = copy.deepcopy(run.model)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        for _ in range(cfg.epochs):
-            run_epoch(model, opt, p.images[idx], y, batch_size=cfg.batch_size, generator=gen,
-                      augment=cfg.augment)
+        model = finetune(copy.deepcopy(run.model), p.images[idx], y, cfg,
+                         torch.Generator().manual_seed(cfg.seed))
         m = evaluate(model, run.test, run.poisoned_test, run.cfg.attack.target)
         rows.append({"attack": run.cfg.attack.name, "n_poisoned": n, "n_clean": len(clean),
                      "labels": labels,
@@ -213,20 +208,25 @@ def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200
 def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=PAPER_DEFENSES,
                      *, results_root=None) -> tuple[pd.DataFrame, list[str]]:
     """Fig. 4: ACC and ASR of every (attack, defense) whose results exist, plus the attacked
-    model (defense "none"). Returns the table and the list of missing combinations, which the
-    figure names instead of faking them."""
+    model (defense "none"). Opt-in Burn variants (``burn_<tag>.json``, e.g. the suspect-class
+    selection) are added as defense ``burn:<tag>`` with ``opt_in`` true, beside the paper's
+    default, never in its place. Returns the table and the list of missing combinations, which
+    the figure names instead of faking them."""
     rows, missing = [], []
     for a in attacks:
         cfg = load_preset(preset, {"data": {"dataset": dataset}, "attack": {"name": a}})
         d = results_dir(cfg, results_root)
-        for defense in ("none", *defenses):
-            f = d / f"{defense}.json"
+        files = [(defense, d / f"{defense}.json", False) for defense in ("none", *defenses)]
+        if "burn" in defenses:
+            files += [(f"burn:{f.stem[len('burn_'):]}", f, True) for f in sorted(d.glob("burn_*.json"))]
+        for defense, f, opt_in in files:
             if f.is_file():
                 r = json.loads(f.read_text())
-                rows.append({"attack": a, "defense": defense, "acc": r["acc"], "asr": r["asr"], "ra": r["ra"]})
+                rows.append({"attack": a, "defense": defense, "opt_in": opt_in,
+                             "acc": r["acc"], "asr": r["asr"], "ra": r["ra"]})
             else:
                 missing.append(f"{a}/{defense}")
-    return pd.DataFrame(rows, columns=["attack", "defense", "acc", "asr", "ra"]), missing
+    return pd.DataFrame(rows, columns=["attack", "defense", "opt_in", "acc", "asr", "ra"]), missing
 
 
 def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 0.1),
@@ -236,11 +236,6 @@ def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 
     beta varied at fixed alpha (alpha / beta are the end values of the schedules; the start
     values keep the spec's ratio start = end / 2). Each run is stored under
     ``<results>/ablation/`` and reused."""
-    from dataclasses import replace
-
-    from .cache import config_hash, write_json
-    from .experiment import burn_run
-
     rows = []
     grid = [("alpha", a, fixed_beta) for a in alphas] + [("beta", fixed_alpha, b) for b in betas]
     for varied, a, b in grid:
@@ -263,8 +258,6 @@ def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 
 def paper_vs_ours(preset: str, dataset: str = "cifar10", *, results_root=None) -> str:
     """``results/<preset>/paper_vs_ours.md``: each claim of the paper beside our measured
     number, from the tables the notebooks saved (missing ones are said to be missing)."""
-    from .config import PROJECT_ROOT
-
     res = Path(results_root or PROJECT_ROOT / "results") / preset / dataset
     lines = [f"# The paper's claims beside ours ({preset} preset, {DATASET_LABELS.get(dataset, dataset)})", "",
              "Generated by `burn report` from the tables in this folder; every number of ours is "

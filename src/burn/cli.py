@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from .atomic import write_text
 from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset
 from .data import DatasetNotFoundError
 from .experiment import ResultsConflictError
@@ -122,7 +123,8 @@ def cmd_regime(args) -> int:
     save_figure(plotting.regime_figure(df, dataset), fig_root / preset / f"regime_{attack}",
                 config={"spec": str(args.spec)}, inputs=[csv])
     cols = [c for c in ("regime", "status", "acc", "asr", "median_ratio", "auroc", "top05_precision",
-                        "top1_precision", "revert_share", "burn_acc", "burn_asr") if c in df]
+                        "top1_precision", "revert_share", "burn_acc", "burn_asr", "burn_sc_acc",
+                        "burn_sc_asr") if c in df]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {csv}")
     return 0
@@ -134,10 +136,7 @@ def cmd_report(args) -> int:
     text = paper_vs_ours(args.preset, args.dataset, results_root=args.results_root)
     root = Path(args.results_root) if args.results_root else PROJECT_ROOT / "results"
     out = root / args.preset / "paper_vs_ours.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".paper_vs_ours.md.tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(out)
+    write_text(out, text + "\n")
     print(f"wrote {out}")
     return 0
 

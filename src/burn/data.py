@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .atomic import atomic_path
 from .config import PROJECT_ROOT, DataCfg
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -91,10 +92,8 @@ def _decode_cached(key: str, decode) -> dict[str, np.ndarray]:
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
     arrays = decode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
     return arrays
 
 

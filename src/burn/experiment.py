@@ -8,15 +8,18 @@ its config hash matches, so a reviewer runs every defense without training.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from .analysis import separation_summary
+from .atomic import atomic_path
 from .attacks import Attack, PoisonedDataset, make_attack
 from .cache import config_hash, load_torch, run_dir, save_torch, write_json
 from .config import PROJECT_ROOT, ExperimentCfg, to_dict
@@ -97,8 +100,6 @@ def attacked_model(cfg: ExperimentCfg, *, data_root=None, download: bool = False
         saved = load_torch(model_path)
         if saved.get("config_hash") == key:
             _load_half_state(model, saved["state_dict"])
-            import json
-
             record = json.loads(record_path.read_text())
             return AttackRun(cfg, key, model.eval(), attack, poisoned, test, poisoned_test, record, out)
         raise ResultsConflictError(
@@ -155,8 +156,6 @@ def boundary_distances(run: AttackRun, *, progress: bool = True) -> dict:
     matches; otherwise computed through the resumable run cache. Returns a dict of tensors:
     norms, adv_labels, orig_labels (the model's prediction), iterations, converged, plus
     ``key`` and ``wall_s``."""
-    import numpy as np
-
     from .deepfool import DEEPFOOL_VERSION, cached_deepfool
 
     cfg = run.cfg.deepfool
@@ -173,16 +172,12 @@ def boundary_distances(run: AttackRun, *, progress: bool = True) -> dict:
     out = {"norms": res.norms.float(), "adv_labels": res.adv_labels.long(),
            "orig_labels": res.orig_labels.long(), "iterations": res.iterations.long(),
            "converged": res.converged.bool()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, key=np.array(key), wall_s=np.array(wall),
-                        norms=out["norms"].numpy(), adv_labels=out["adv_labels"].numpy().astype(np.int16),
-                        orig_labels=out["orig_labels"].numpy().astype(np.int16),
-                        iterations=out["iterations"].numpy().astype(np.int16),
-                        converged=out["converged"].numpy())
-    import os
-
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, key=np.array(key), wall_s=np.array(wall),
+                            norms=out["norms"].numpy(), adv_labels=out["adv_labels"].numpy().astype(np.int16),
+                            orig_labels=out["orig_labels"].numpy().astype(np.int16),
+                            iterations=out["iterations"].numpy().astype(np.int16),
+                            converged=out["converged"].numpy())
     return out | {"key": key, "wall_s": wall}
 
 

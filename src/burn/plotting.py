@@ -14,35 +14,42 @@ def set_style() -> None:
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
 
 
+def _bars(ax, df: pd.DataFrame, names: dict, title: str, ylabel: str) -> None:
+    """Grouped bars of the columns ``names`` (those present) per regime, each bar labelled with
+    its value (a zero is a result, so it must be readable), legend below the axes."""
+    long = df.melt(id_vars="regime", value_vars=[c for c in names if c in df],
+                   var_name="measure", value_name="value").dropna(subset=["value"])
+    long["measure"] = long["measure"].map(names)
+    sns.barplot(long, x="regime", y="value", hue="measure", ax=ax)
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.2f", fontsize=7, padding=1)
+    ax.set(ylim=(0, 1.1), ylabel=ylabel, xlabel="training regime", title=title)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+
+
 def regime_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
     """Regime study: the detector quality of the distance (AUROC, top-tail precision) beside
     the attacked model's ACC/ASR and Burn's outcome, one group of bars per regime."""
     set_style()
     done = df[df["status"] == "done"].copy()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    n = max(len(done), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(max(11, 3.2 * n * 2), 5.2))
     if done.empty:
         for ax in axes:
             ax.text(0.5, 0.5, "no regime has results yet", ha="center", va="center")
             ax.set_axis_off()
         return fig
-    det = done.melt(id_vars="regime", value_vars=["auroc", "top05_precision", "top1_precision", "revert_share"],
-                    var_name="measure", value_name="value")
-    det["measure"] = det["measure"].map({"auroc": "AUROC (distance as detector)",
-                                         "top05_precision": "precision of top 0.5%",
-                                         "top1_precision": "precision of top 1%",
-                                         "revert_share": "poisoned: adv. label = true label"})
-    sns.barplot(det, x="regime", y="value", hue="measure", ax=axes[0])
-    axes[0].set(ylim=(0, 1.05), ylabel="fraction", xlabel="training regime",
-                title=f"Does boundary distance find the poison? ({dataset})")
-    axes[0].legend(fontsize=8, loc="upper left")
-    out = done.melt(id_vars="regime", value_vars=["acc", "asr", "burn_acc", "burn_asr"],
-                    var_name="measure", value_name="value")
-    out["measure"] = out["measure"].map({"acc": "ACC attacked", "asr": "ASR attacked",
-                                         "burn_acc": "ACC after Burn", "burn_asr": "ASR after Burn"})
-    sns.barplot(out, x="regime", y="value", hue="measure", ax=axes[1])
-    axes[1].set(ylim=(0, 1.05), ylabel="fraction of test images", xlabel="training regime",
-                title="Attacked model and Burn's outcome")
-    axes[1].legend(fontsize=8, loc="upper left")
+    _bars(axes[0], done, {"auroc": "AUROC (distance as detector)",
+                          "top05_precision": "precision of top 0.5% (Burn's selection)",
+                          "top1_precision": "precision of top 1%",
+                          "top05_suspect_class_precision": "precision of top 0.5%, suspect class only",
+                          "revert_share": "poisoned: adv. label = true label"},
+          f"Does boundary distance find the poison? ({dataset})", "fraction")
+    _bars(axes[1], done, {"acc": "ACC attacked", "asr": "ASR attacked",
+                          "burn_acc": "ACC after Burn", "burn_asr": "ASR after Burn",
+                          "burn_sc_acc": "ACC after Burn (suspect class, opt-in)",
+                          "burn_sc_asr": "ASR after Burn (suspect class, opt-in)"},
+          "Attacked model and Burn's outcome", "fraction of test images")
     fig.tight_layout()
     return fig
 

@@ -4,10 +4,14 @@ machine, time."""
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
+from .atomic import atomic_path
 from .config import PROJECT_ROOT
 
 
@@ -34,8 +38,6 @@ def versions() -> dict:
 
 
 def machine() -> dict:
-    import os
-
     import torch
 
     return {"platform": platform.platform(), "processor": platform.machine(),
@@ -49,10 +51,7 @@ def provenance() -> dict:
 
 
 def _sidecar(path, config, inputs) -> None:
-    import hashlib
-    from pathlib import Path
-
-    from .cache import write_json
+    from .cache import write_json  # cache -> data -> config; imported late to keep this module light
 
     files = {}
     for p in inputs or []:
@@ -66,27 +65,21 @@ def _sidecar(path, config, inputs) -> None:
 
 def save_table(df, path, config=None, inputs=None) -> None:
     """Write ``df`` as CSV atomically, with a ``.json`` sidecar (config, inputs, provenance)."""
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
     _sidecar(path, config, inputs)
 
 
 def save_figure(fig, path_stem, config=None, inputs=None) -> list:
-    """Save ``fig`` as PNG and PDF (``path_stem`` without suffix), with a sidecar."""
-    from pathlib import Path
-
+    """Save ``fig`` as PNG and PDF (``path_stem`` without suffix), each written atomically,
+    with a sidecar."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for ext in ("png", "pdf"):
         p = stem.with_suffix(f".{ext}")
-        fig.savefig(p, dpi=150, bbox_inches="tight", metadata=None if ext == "png" else {"CreationDate": None})
+        with atomic_path(p, suffix=f".{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata=None if ext == "png" else {"CreationDate": None})
         out.append(p)
     _sidecar(stem.with_suffix(".png"), config, inputs)
     return out

@@ -57,7 +57,14 @@ def regime_row(cfg, regime: Regime, results_root=None) -> dict:
                    top1_precision=df["top1pct_precision"], top1_recall=df["top1pct_recall"],
                    top05_clean_adv_is_target=df["top0.5pct_clean_adv_is_target"],
                    revert_share=df["revert_share_poisoned"],
-                   burn_acc=b["acc"], burn_asr=b["asr"], burn_ra=b["ra"], burn_wall_s=b["wall_s"])
+                   burn_acc=b["acc"], burn_asr=b["asr"], burn_ra=b["ra"], burn_wall_s=b["wall_s"],
+                   suspect_class=df.get("suspect_class"),
+                   top05_suspect_class_precision=df.get("top0.5pct_suspect_class_precision"),
+                   top1_suspect_class_precision=df.get("top1pct_suspect_class_precision"))
+    # the opt-in repair, measured beside the paper's default (burn --tag suspect_class)
+    if (d / "burn_suspect_class.json").is_file():
+        b = json.loads((d / "burn_suspect_class.json").read_text())
+        row.update(burn_sc_acc=b["acc"], burn_sc_asr=b["asr"], burn_sc_ra=b["ra"])
     return row
 
 

@@ -122,6 +122,17 @@ def _selection_stats(p_idx, c_idx, y_adv, poison_mask, original_labels) -> dict:
     return out
 
 
+def finetune(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg,
+             generator: torch.Generator) -> nn.Module:
+    """One Burn fine-tuning step, in place: ``cfg.epochs`` epochs of Adam (``cfg.lr``) on
+    (images, labels); returns the model in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    for _ in range(cfg.epochs):
+        run_epoch(model, opt, images, labels, batch_size=cfg.batch_size, generator=generator,
+                  augment=cfg.augment)
+    return model.eval()
+
+
 def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
            norms: Tensor, adv_labels: Tensor,
            poison_mask: Tensor | None = None, original_labels: Tensor | None = None,
@@ -177,11 +188,7 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
         c_idx = _top(score, n_c, largest=False) if n_c else p_idx.new_zeros(0)
         idx = torch.cat([p_idx, c_idx])
         y = torch.cat([adv_labels[p_idx], labels[c_idx]])
-        opt = torch.optim.Adam(ft.parameters(), lr=cfg.lr)
-        for _ in range(cfg.epochs):
-            run_epoch(ft, opt, images[idx], y, batch_size=cfg.batch_size, generator=gen,
-                      augment=cfg.augment)
-        ft.eval()
+        finetune(ft, images[idx], y, cfg, gen)
         it = BurnIteration(t=t, lam=lam, alpha=alpha, beta=beta, n_poison_set=len(p_idx),
                            n_clean_set=len(c_idx), wall_s=0.0,
                            **_selection_stats(p_idx, c_idx, adv_labels, poison_mask, original_labels))
