@@ -18,7 +18,7 @@ import torch
 
 from .analysis import auroc, roc_curve, top_fraction_stats
 from .cache import config_hash
-from .config import PROJECT_ROOT, load_preset
+from .config import PROJECT_ROOT, load_preset, to_dict
 from .deepfool import deepfool
 from .defenses.burn import finetune
 from .experiment import AttackRun, attacked_model, boundary_distances, burn_run, results_dir
@@ -229,6 +229,18 @@ def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=
     return pd.DataFrame(rows, columns=["attack", "defense", "opt_in", "acc", "asr", "ra"]), missing
 
 
+def _matching_burn_record(paths, attack_key: str, burn_cfg) -> dict | None:
+    """The first Burn record among ``paths`` run on this attacked model with exactly
+    ``burn_cfg`` (so the grid point equal to the defaults reuses ``burn.json``)."""
+    want = to_dict(burn_cfg)
+    for path in paths:
+        if path.is_file():
+            rec = json.loads(path.read_text())
+            if rec.get("attack_config_hash") == attack_key and rec["config"]["burn"] == want:
+                return rec
+    return None
+
+
 def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 0.1),
              fixed_alpha: float = 0.01, fixed_beta: float = 0.05, progress: bool = True,
              results_root=None) -> pd.DataFrame:
@@ -242,10 +254,8 @@ def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 
         burn_cfg = replace(run.cfg.burn, alpha_start=a / 2, alpha_end=a, beta_start=b / 2, beta_end=b)
         cfg = replace(run.cfg, burn=burn_cfg)
         out = Path(results_root or run.results_dir) / "ablation" / config_hash(run.key, burn_cfg)
-        path = out / "burn.json"
-        if path.is_file():
-            rec = json.loads(path.read_text())
-        else:
+        rec = _matching_burn_record([out / "burn.json", run.results_dir / "burn.json"], run.key, burn_cfg)
+        if rec is None:
             sub = AttackRun(cfg, run.key, run.model, run.attack, run.poisoned, run.test, run.poisoned_test,
                             run.record, run.results_dir)
             rec = burn_run(sub, progress=progress, out_dir=out)
