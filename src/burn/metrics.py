@@ -51,6 +51,21 @@ def predict(model, images, **kw) -> Tensor:
     return predict_logits(model, images, **kw).argmax(1)
 
 
+def attack_metrics_by_class(preds: Tensor, true_labels: Tensor, target: int,
+                            classes: list[str]) -> list[dict]:
+    """ASR and RA of the poisoned test set split by the images' true class: where the trigger
+    loses against clean evidence (e.g. confident vehicles), the per-class ASR shows it."""
+    rows = []
+    for c, name in enumerate(classes):
+        m = true_labels == c
+        if c == target or not m.any():
+            continue
+        rows.append({"true_label": c, "class": name, "n": int(m.sum()),
+                     "asr": attack_success_rate(preds[m], target),
+                     "ra": robust_accuracy(preds[m], true_labels[m])})
+    return rows
+
+
 def evaluate(model: nn.Module, test, poisoned_test, target: int, **kw) -> dict[str, float]:
     """``test``/``poisoned_test``: ImageDataset; returns ``{"acc", "asr", "ra"}``."""
     acc = accuracy(predict(model, test.images, **kw), test.labels)

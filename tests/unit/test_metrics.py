@@ -40,3 +40,13 @@ def test_evaluate_uses_target_and_true_labels():
     poisoned = ImageDataset(xt, torch.tensor([5, 1, 2, 5]), tuple("abcdefghij"), "t")
     m = evaluate(_Fixed(), clean, poisoned, target=0)
     assert m == {"acc": 0.5, "asr": 0.75, "ra": 0.25}
+
+
+def test_attack_metrics_by_class_on_hand_made_predictions():
+    from burn.metrics import attack_metrics_by_class
+
+    true = torch.tensor([1, 1, 1, 1, 2, 2])
+    preds = torch.tensor([0, 0, 0, 1, 0, 3])
+    rows = attack_metrics_by_class(preds, true, target=0, classes=["t", "a", "b", "c"])
+    assert rows == [{"true_label": 1, "class": "a", "n": 4, "asr": 0.75, "ra": 0.25},
+                    {"true_label": 2, "class": "b", "n": 2, "asr": 0.5, "ra": 0.0}]
