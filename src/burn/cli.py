@@ -74,7 +74,7 @@ def _config(args):
 
 
 def cmd_attack(args) -> int:
-    from .experiment import attacked_model
+    from .experiment import attack_by_class, attacked_model
 
     cfg = _config(args)
     run = attacked_model(cfg, data_root=args.data_root, download=args.download,
@@ -85,27 +85,10 @@ def cmd_attack(args) -> int:
     print(f"ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}  "
           f"(train wall {r['wall_s']:.0f} s; results in {run.results_dir})")
     if len(run.poisoned_test):
-        by_class = _asr_by_class(run)
+        by_class = attack_by_class(run)
         print("ASR by true class: " + ", ".join(f"{row['class']} {row['asr']:.3f}"
                                                  for row in by_class.to_dict("records")))
     return 0
-
-
-def _asr_by_class(run):
-    """``asr_by_class.csv`` beside none.json: computed once from the model, then read."""
-    import pandas as pd
-
-    from .metrics import attack_metrics_by_class, predict
-    from .provenance import save_table
-
-    path = run.results_dir / "asr_by_class.csv"
-    if path.is_file():
-        return pd.read_csv(path)
-    pt = run.poisoned_test
-    df = pd.DataFrame(attack_metrics_by_class(predict(run.model, pt.images), pt.labels,
-                                              run.cfg.attack.target, run.poisoned.classes))
-    save_table(df, path, config={"attack_config_hash": run.key})
-    return df
 
 
 def cmd_defend(args) -> int:

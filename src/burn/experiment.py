@@ -148,6 +148,27 @@ def attacked_model(cfg: ExperimentCfg, *, data_root=None, download: bool = False
     return AttackRun(cfg, key, model, attack, poisoned, test, poisoned_test, record, out)
 
 
+def attack_by_class(run: AttackRun):
+    """ASR / RA of the poisoned test set by true class (a DataFrame), kept as
+    ``asr_by_class.csv`` beside none.json: computed from the model once, then read back while
+    its sidecar names this model's config hash (a retrained model recomputes it)."""
+    import pandas as pd
+
+    from .metrics import attack_metrics_by_class, predict
+    from .provenance import save_table
+
+    path = run.results_dir / "asr_by_class.csv"
+    sidecar = path.with_name(path.name + ".json")
+    if path.is_file() and sidecar.is_file() and \
+            json.loads(sidecar.read_text())["config"].get("attack_config_hash") == run.key:
+        return pd.read_csv(path)
+    pt = run.poisoned_test
+    df = pd.DataFrame(attack_metrics_by_class(predict(run.model, pt.images), pt.labels,
+                                              run.cfg.attack.target, run.poisoned.classes))
+    save_table(df, path, config={"attack_config_hash": run.key})
+    return df
+
+
 # ------------------------------------------------------------------------- boundary distances
 def boundary_distances(run: AttackRun, *, progress: bool = True) -> dict:
     """DeepFool distances of the frozen attacked model on its whole (poisoned) training set.

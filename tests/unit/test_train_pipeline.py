@@ -103,3 +103,19 @@ def test_a_committed_partial_checkpoint_resumes_on_a_new_machine(tmp_path, monke
     assert not shipped.exists()  # superseded by model.pt
     for a, b in zip(full.model.state_dict().values(), run.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_attack_by_class_is_cached_per_model(tmp_path):
+    from burn.experiment import attack_by_class
+
+    run = attacked_model(load_preset("smoke"), results_root=tmp_path, progress=False)
+    df = attack_by_class(run)
+    assert run.cfg.attack.target not in df["true_label"].tolist()
+    assert df["n"].sum() == len(run.poisoned_test)
+    overall = (df["asr"] * df["n"]).sum() / df["n"].sum()
+    assert overall == pytest.approx(run.record["asr"], abs=1e-6)
+    path = run.results_dir / "asr_by_class.csv"
+    path.write_text(path.read_text().replace("\n1,", "\n1,X", 1))  # mark the cached copy
+    assert attack_by_class(run)["class"].iloc[0].startswith("X")  # read back, not recomputed
+    run.key = "another-model"
+    assert not attack_by_class(run)["class"].iloc[0].startswith("X")  # stale: recomputed
