@@ -51,6 +51,13 @@ def test_notebook_runs_on_smoke(name, roots):
     csv, fractions, positive = CHECKS[name]
     df = pd.read_csv(results / "smoke" / "synthetic" / csv)
     assert len(df) > 0
+    if name == "table1_boundary_distance":  # the clean model's row has no poisoned samples
+        assert (df.loc[df.model == "clean model", "mean_clean"] > 0).all() and (df.model == "clean model").sum() == 1
+        df = df[df.model == "attacked model"]
+    if name == "fig5_filtering":  # the far tail measured again under the clean model
+        tail = pd.read_csv(results / "smoke" / "synthetic" / "fig5_tail_clean_model_summary.csv")
+        assert tail["tail_clean_median_percentile_clean_model"].between(0, 1).all()
+        assert (figures / "smoke" / "fig5_tail_clean_model.png").stat().st_size > 10_000
     for col in fractions:
         assert df[col].between(0, 1).all() or (col == "ratio_mean" and (df[col] > 0).all()), col
     for col in positive:

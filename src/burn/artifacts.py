@@ -21,7 +21,7 @@ from .cache import config_hash
 from .config import PROJECT_ROOT, load_preset, to_dict
 from .deepfool import deepfool
 from .defenses.burn import finetune
-from .experiment import AttackRun, attacked_model, boundary_distances, burn_run, results_dir
+from .experiment import AttackRun, attacked_model, boundary_distances, burn_run, results_dir, subset_distances
 from .metrics import evaluate
 from .models import to_model_format
 
@@ -63,17 +63,35 @@ def _sample(mask: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.
 
 
 def table1_boundary_distance(runs: dict[str, AttackRun], *, n: int = 1000, seed: int = 0,
+                             clean_run: AttackRun | None = None,
                              progress: bool = True) -> pd.DataFrame:
     """Mean / median DeepFool distance of ``n`` clean and ``n`` poisoned training samples per
-    attack, beside the paper's Table 1 (raw values and the poisoned/clean ratio)."""
+    attack, beside the paper's Table 1 (raw values and the poisoned/clean ratio).
+
+    With ``clean_run`` (the model trained without poison), a row ``clean`` holds the distance
+    of ``n`` of its training samples (DeepFool on those only, committed as
+    ``deepfool_table1.npz``), and every attack row gets ``ratio_mean_vs_clean_model``: the
+    paper's single "Clean" column per dataset may be that model rather than the clean samples
+    of each attacked model, so both readings are given."""
     rows = []
+    paper = PAPER_TABLE1.get(next(iter(runs.values())).cfg.data.dataset, {}) if runs else {}
+    clean_model_mean = float("nan")
+    if clean_run is not None:
+        ci, _ = _sample(clean_run.poisoned.poison_mask, n, seed)
+        bd = subset_distances(clean_run, ci, name="table1", progress=progress)
+        norms = bd["norms"].double()
+        clean_model_mean = float(norms.mean())
+        rows.append({"dataset": clean_run.poisoned.name.split(",")[0], "attack": "clean",
+                     "model": "clean model", "n_clean": len(ci), "n_poisoned": 0,
+                     "mean_clean": clean_model_mean, "median_clean": float(norms.median()),
+                     "unconverged_clean": int((~bd["converged"].bool()).sum()), "unconverged_poisoned": 0,
+                     "paper_clean": paper.get("clean", float("nan"))})
     for name, run in runs.items():
         bd = boundary_distances(run, progress=progress)
         mask = run.poisoned.poison_mask
         ci, pi = _sample(mask, n, seed)
         norms, conv = bd["norms"].double(), bd["converged"].bool()
-        paper = PAPER_TABLE1.get(run.cfg.data.dataset, {})
-        row = {"dataset": run.poisoned.name.split(",")[0], "attack": name,
+        row = {"dataset": run.poisoned.name.split(",")[0], "attack": name, "model": "attacked model",
                "n_clean": len(ci), "n_poisoned": len(pi),
                "mean_clean": float(norms[ci].mean()), "median_clean": float(norms[ci].median()),
                "mean_poisoned": float(norms[pi].mean()) if len(pi) else float("nan"),
@@ -83,9 +101,63 @@ def table1_boundary_distance(runs: dict[str, AttackRun], *, n: int = 1000, seed:
                "paper_poisoned": paper.get(name, float("nan"))}
         row["ratio_mean"] = row["mean_poisoned"] / row["mean_clean"]
         row["ratio_median"] = row["median_poisoned"] / row["median_clean"]
+        row["ratio_mean_vs_clean_model"] = row["mean_poisoned"] / clean_model_mean
         row["paper_ratio"] = row["paper_poisoned"] / row["paper_clean"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def tail_under_clean_model(run: AttackRun, clean_run: AttackRun, *, fraction: float = 0.005,
+                           n_reference: int = 1000, seed: int = 0,
+                           progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Why the top of the distance ranking is not poison: is its far tail made by the backdoor
+    or is it there without one? The top ``fraction`` of the attacked model's training set by
+    distance (Burn's ``P_0``) is measured again under ``clean_run``, the same architecture
+    trained on the same data without poison (for a poisoned sample, its image without the
+    trigger), beside ``n_reference`` random training samples under that clean model.
+
+    Returns one row per sample (``group`` "tail" or "reference") and a summary: the share of
+    the tail's clean samples whose adversarial label is the target under each model, and
+    where their clean-model distance falls in the reference distribution (its percentile)."""
+    bd = boundary_distances(run, progress=progress)
+    p, target = run.poisoned, run.cfg.attack.target
+    k = round(fraction * len(p))
+    tail = torch.argsort(bd["norms"].float(), descending=True, stable=True)[:k].sort().values
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.randperm(len(p), generator=g)[:n_reference].sort().values
+    name = run.cfg.attack.name
+    ct = subset_distances(clean_run, tail, name=f"tail_{name}", progress=progress)
+    cr = subset_distances(clean_run, ref, name="reference", progress=progress)
+    ref_sorted = cr["norms"].double().sort().values
+    pct = torch.searchsorted(ref_sorted, ct["norms"].double()).double() / len(ref_sorted)
+    rows = pd.DataFrame({
+        "attack": name, "group": "tail", "index": tail.numpy(), "poisoned": p.poison_mask[tail].numpy(),
+        "true_label": p.original_labels[tail].numpy(),
+        "distance_attacked": bd["norms"][tail].float().numpy(),
+        "adv_label_attacked": bd["adv_labels"][tail].long().numpy(),
+        "distance_clean_model": ct["norms"].numpy(), "adv_label_clean_model": ct["adv_labels"].long().numpy(),
+        "clean_model_percentile": pct.numpy()})
+    rows = pd.concat([rows, pd.DataFrame({
+        "attack": name, "group": "reference", "index": ref.numpy(), "poisoned": p.poison_mask[ref].numpy(),
+        "true_label": p.original_labels[ref].numpy(),
+        "distance_attacked": bd["norms"][ref].float().numpy(),
+        "adv_label_attacked": bd["adv_labels"][ref].long().numpy(),
+        "distance_clean_model": cr["norms"].numpy(), "adv_label_clean_model": cr["adv_labels"].long().numpy(),
+        "clean_model_percentile": float("nan")})], ignore_index=True)
+    t = rows[(rows.group == "tail") & ~rows.poisoned]
+    r = rows[rows.group == "reference"]
+    summary = {
+        "attack": name, "fraction": fraction, "n_tail": k, "n_tail_clean": len(t),
+        "tail_clean_adv_is_target_attacked": float((t.adv_label_attacked == target).mean()) if len(t) else None,
+        "tail_clean_adv_is_target_clean_model": float((t.adv_label_clean_model == target).mean()) if len(t) else None,
+        "reference_adv_is_target_clean_model": float((r.adv_label_clean_model == target).mean()),
+        "tail_clean_median_percentile_clean_model": float(t.clean_model_percentile.median()) if len(t) else None,
+        "tail_clean_share_above_clean_model_p90": float((t.clean_model_percentile >= 0.9).mean()) if len(t) else None,
+        "tail_clean_mean_distance_clean_model": float(t.distance_clean_model.mean()) if len(t) else None,
+        "reference_mean_distance_clean_model": float(r.distance_clean_model.mean()),
+        "tail_clean_classes": {p.classes[c]: int(v) for c, v in t.true_label.value_counts().sort_index().items()},
+    }
+    return rows, summary
 
 
 def adversarial_labels(runs: dict[str, AttackRun], *, n: int = 1000, seed: int = 0,

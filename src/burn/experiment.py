@@ -170,6 +170,32 @@ def attack_by_class(run: AttackRun):
 
 
 # ------------------------------------------------------------------------- boundary distances
+def _load_distances(path: Path, key: str) -> dict | None:
+    """The DeepFool arrays saved at ``path`` if their key is ``key``, else None."""
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        if str(z["key"]) != key:
+            return None
+        return {k: torch.from_numpy(z[k]) for k in z.files if k not in ("key", "wall_s")} | {
+            "key": key, "wall_s": float(z["wall_s"])}
+
+
+def _save_distances(path: Path, key: str, wall: float, res, **extra) -> dict:
+    """Save a DeepFoolResult's arrays (compact dtypes) atomically; return them as tensors."""
+    out = {"norms": res.norms.float(), "adv_labels": res.adv_labels.long(),
+           "orig_labels": res.orig_labels.long(), "iterations": res.iterations.long(),
+           "converged": res.converged.bool()}
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, key=np.array(key), wall_s=np.array(wall),
+                            norms=out["norms"].numpy(), adv_labels=out["adv_labels"].numpy().astype(np.int16),
+                            orig_labels=out["orig_labels"].numpy().astype(np.int16),
+                            iterations=out["iterations"].numpy().astype(np.int16),
+                            converged=out["converged"].numpy(),
+                            **{k: v.numpy() for k, v in extra.items()})
+    return out | extra | {"key": key, "wall_s": wall}
+
+
 def boundary_distances(run: AttackRun, *, progress: bool = True) -> dict:
     """DeepFool distances of the frozen attacked model on its whole (poisoned) training set.
 
@@ -182,24 +208,32 @@ def boundary_distances(run: AttackRun, *, progress: bool = True) -> dict:
     cfg = run.cfg.deepfool
     key = config_hash("deepfool", DEEPFOOL_VERSION, run.key, cfg)
     path = run.results_dir / "deepfool.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            if str(z["key"]) == key:
-                return {k: torch.from_numpy(z[k]) for k in z.files if k not in ("key", "wall_s")} | {
-                    "key": key, "wall_s": float(z["wall_s"])}
+    saved = _load_distances(path, key)
+    if saved is not None:
+        return saved
     t0 = time.perf_counter()
     res = cached_deepfool(run.model, run.poisoned.images, cfg, key=run.key, progress=progress)
-    wall = time.perf_counter() - t0
-    out = {"norms": res.norms.float(), "adv_labels": res.adv_labels.long(),
-           "orig_labels": res.orig_labels.long(), "iterations": res.iterations.long(),
-           "converged": res.converged.bool()}
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, key=np.array(key), wall_s=np.array(wall),
-                            norms=out["norms"].numpy(), adv_labels=out["adv_labels"].numpy().astype(np.int16),
-                            orig_labels=out["orig_labels"].numpy().astype(np.int16),
-                            iterations=out["iterations"].numpy().astype(np.int16),
-                            converged=out["converged"].numpy())
-    return out | {"key": key, "wall_s": wall}
+    return _save_distances(path, key, time.perf_counter() - t0, res)
+
+
+def subset_distances(run: AttackRun, index: torch.Tensor, *, name: str, progress: bool = True) -> dict:
+    """DeepFool distances of the frozen model of ``run`` on the training samples ``index``
+    only (a few hundred or thousand: Table 1's clean-model reference, the far-tail check of
+    Fig. 5), committed beside the model as ``deepfool_<name>.npz`` and reused while the model,
+    the DeepFool config and the indices are the same. The arrays follow ``index``'s order and
+    include it as ``index``."""
+    from .deepfool import DEEPFOOL_VERSION, deepfool_dataset
+
+    index = torch.as_tensor(index, dtype=torch.long)
+    cfg = run.cfg.deepfool
+    key = config_hash("deepfool-subset", DEEPFOOL_VERSION, run.key, cfg, index.tolist())
+    path = run.results_dir / f"deepfool_{name}.npz"
+    saved = _load_distances(path, key)
+    if saved is not None:
+        return saved
+    t0 = time.perf_counter()
+    res = deepfool_dataset(run.model, run.poisoned.images[index], cfg, progress=progress)
+    return _save_distances(path, key, time.perf_counter() - t0, res, index=index)
 
 
 def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None = None,

@@ -65,6 +65,8 @@ def table1_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
     the poisoned/clean ratio beside the paper's ratio (absolute values depend on the model)."""
     set_style()
     d = df.assign(attack=df["attack"].map(_attack_label))
+    if "model" in d:  # the clean model's row (Table 1's "Clean" column read as a clean model)
+        d.loc[d["model"] == "clean model", "attack"] = "Clean model"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     long = d.melt(id_vars="attack", value_vars=["mean_clean", "mean_poisoned"], var_name="samples",
                   value_name="distance")
@@ -72,10 +74,11 @@ def table1_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
     sns.barplot(long, x="attack", y="distance", hue="samples", ax=axes[0])
     axes[0].set(ylabel="mean DeepFool L2 distance\n(pixel space, [0,1] images)", xlabel="attack",
                 title=f"Boundary distance, ours ({dataset})")
-    r = d.melt(id_vars="attack", value_vars=["ratio_mean", "ratio_median", "paper_ratio"],
-               var_name="source", value_name="ratio")
-    r["source"] = r["source"].map({"ratio_mean": "ours (means)", "ratio_median": "ours (medians)",
-                                   "paper_ratio": "paper (means)"})
+    names = {"ratio_mean": "ours (means)", "ratio_median": "ours (medians)",
+             "ratio_mean_vs_clean_model": "ours (means, vs clean model)", "paper_ratio": "paper (means)"}
+    r = d.dropna(subset=["ratio_mean"]).melt(id_vars="attack", value_vars=[c for c in names if c in d],
+                                             var_name="source", value_name="ratio")
+    r["source"] = r["source"].map(names)
     sns.barplot(r, x="attack", y="ratio", hue="source", ax=axes[1])
     axes[1].axhline(1.0, color="grey", lw=1, ls="--")
     axes[1].set(ylabel="poisoned / clean distance", xlabel="attack", title="Ratio, ours vs the paper")
@@ -201,5 +204,40 @@ def table2_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
         ax.set(xlabel=f"{varied} (poison fraction)" if varied == "alpha" else f"{varied} (clean fraction)",
                ylabel="fraction of test images", ylim=(-0.02, 1.02),
                title=f"{varied} varied, {fixed} = {fv.iloc[0] if len(fv) else '-'} ({dataset})")
+    fig.tight_layout()
+    return fig
+
+
+def tail_figure(rows: pd.DataFrame, summary: pd.DataFrame, classes, target: int, dataset: str) -> plt.Figure:
+    """Fig. 5's mechanism check: the clean samples in the attacked model's far tail (Burn's
+    P_0), measured again under the clean model. Left: their adversarial labels under each
+    model. Right: where their clean-model distance falls among random training samples."""
+    set_style()
+    attacks = list(dict.fromkeys(summary["attack"]))
+    fig, axes = plt.subplots(len(attacks), 2, figsize=(11, 3.6 * len(attacks)), squeeze=False)
+    for (ax_l, ax_r), a in zip(axes, attacks):
+        s = summary[summary["attack"] == a].iloc[0]
+        t = rows[(rows["attack"] == a) & (rows["group"] == "tail") & ~rows["poisoned"].astype(bool)]
+        long = pd.concat([
+            pd.DataFrame({"model": f"attacked ({_attack_label(a)})", "adv_label": t["adv_label_attacked"]}),
+            pd.DataFrame({"model": "clean", "adv_label": t["adv_label_clean_model"]})])
+        share = (long.groupby("model")["adv_label"].value_counts(normalize=True)
+                 .rename("share").reset_index())
+        share["class"] = share["adv_label"].map(lambda c: classes[int(c)])
+        order = [c for c in classes if c in set(share["class"])]
+        sns.barplot(share, x="class", y="share", hue="model", order=order, ax=ax_l)
+        ax_l.set(xlabel="adversarial label", ylabel="share of the tail's clean samples",
+                 title=f"{_attack_label(a)}: top {s['fraction']:.1%} by distance, {int(s['n_tail_clean'])} "
+                       f"clean of {int(s['n_tail'])}\nadv. label = target ({classes[target]}): attacked "
+                       f"{s['tail_clean_adv_is_target_attacked']:.0%}, clean model "
+                       f"{s['tail_clean_adv_is_target_clean_model']:.0%}")
+        ax_l.title.set_fontsize(9)
+        ax_l.tick_params(axis="x", rotation=60)
+        sns.histplot(t["clean_model_percentile"], bins=20, binrange=(0, 1), ax=ax_r)
+        ax_r.set(xlabel="percentile of the clean-model distance among random training samples",
+                 ylabel="clean tail samples",
+                 title=f"Same images under the clean model ({dataset}): median percentile "
+                       f"{s['tail_clean_median_percentile_clean_model']:.2f}")
+        ax_r.title.set_fontsize(9)
     fig.tight_layout()
     return fig

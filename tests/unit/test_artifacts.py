@@ -35,3 +35,66 @@ def test_ablation_reuses_the_default_burn_run(tmp_path):
                   fixed_beta=b.beta_end, progress=False)
     assert df[["varied", "acc", "asr", "precision_final"]].values.tolist() == [
         ["alpha", 0.7, 0.02, 0.5], ["beta", 0.7, 0.02, 0.5]]
+
+
+def _tiny_run(tmp_path, model, name):
+    """An attacked-model run of a linear classifier on 200 random 3x4x4 images (20 poisoned)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from burn.attacks import PoisonedDataset
+    from burn.config import load_preset
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (200, 3, 4, 4), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 3, (200,), generator=g)
+    mask = torch.zeros(200, dtype=torch.bool)
+    mask[:20] = True
+    poisoned = PoisonedDataset(images, labels, labels.clone(), mask, ("a", "b", "c"), "tiny")
+    cfg = load_preset("smoke", {"attack": {"name": name}})
+    return SimpleNamespace(cfg=cfg, key=f"tiny-{name}", model=model.eval(), poisoned=poisoned,
+                           results_dir=tmp_path / name)
+
+
+def test_tail_under_the_same_model_is_the_same_tail(tmp_path):
+    """With the attacked model as its own "clean model", the tail's distances and labels are
+    measured again identically, and they sit at the top of the reference distribution."""
+    import torch
+
+    from burn.artifacts import tail_under_clean_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+    run = _tiny_run(tmp_path, model, "badnets")
+    rows, summary = tail_under_clean_model(run, run, fraction=0.1, n_reference=100, progress=False)
+    tail = rows[rows.group == "tail"]
+    assert len(tail) == 20 and summary["n_tail"] == 20
+    assert (tail.distance_clean_model - tail.distance_attacked).abs().max() < 1e-6
+    assert (tail.adv_label_clean_model == tail.adv_label_attacked).all()
+    assert summary["tail_clean_adv_is_target_attacked"] == summary["tail_clean_adv_is_target_clean_model"]
+    # every tail sample is at least as far as every non-tail sample: above 90% of the reference
+    # apart from the reference samples that are themselves in the tail
+    in_tail = rows[rows.group == "reference"]["index"].isin(tail["index"]).mean()
+    assert (tail.clean_model_percentile >= 1 - in_tail - 1e-9).all()
+    # the subset distances are committed beside the clean model and reused
+    assert (tmp_path / "badnets" / "deepfool_tail_badnets.npz").is_file()
+    rows2, _ = tail_under_clean_model(run, run, fraction=0.1, n_reference=100, progress=False)
+    assert rows2.equals(rows)
+
+
+def test_table1_clean_model_row(tmp_path):
+    import torch
+
+    from burn.artifacts import table1_boundary_distance
+
+    torch.manual_seed(0)
+    run = _tiny_run(tmp_path, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)), "badnets")
+    clean = _tiny_run(tmp_path, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)), "clean")
+    clean.poisoned.poison_mask[:] = False
+    df = table1_boundary_distance({"badnets": run}, n=50, clean_run=clean, progress=False)
+    assert df["attack"].tolist() == ["clean", "badnets"]
+    c, b = df.iloc[0], df.iloc[1]
+    assert c.model == "clean model" and c.n_clean == 50 and c.n_poisoned == 0 and c.mean_clean > 0
+    assert abs(b.ratio_mean_vs_clean_model - b.mean_poisoned / c.mean_clean) < 1e-12
+    assert b.n_poisoned == 20 and b.ratio_mean > 0
