@@ -72,7 +72,7 @@ def regime_study(path, *, run: bool = False, include_gpu: bool = False, only: li
                  data_root=None, results_root=None, progress: bool = True) -> pd.DataFrame:
     """With ``run``, train / DeepFool / Burn each selected regime that lacks results (each
     stage resumes from its cache); always return the table of what exists."""
-    from .experiment import attacked_model, burn_run
+    from .experiment import attack_by_class, attacked_model, burn_run
 
     preset, attack, regimes = load_regimes(path)
     rows = []
@@ -81,6 +81,7 @@ def regime_study(path, *, run: bool = False, include_gpu: bool = False, only: li
         selected = (only is None or (regime.name or preset) in only) and (regime.needs != "gpu" or include_gpu)
         if run and selected:
             r = attacked_model(cfg, data_root=data_root, results_root=results_root, progress=progress)
+            attack_by_class(r)  # asr_by_class.csv beside none.json: where the trigger loses
             burn_run(r, progress=progress, results_root=results_root)
         rows.append(regime_row(cfg, regime, results_root))
     return pd.DataFrame(rows)
