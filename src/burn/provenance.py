@@ -37,10 +37,25 @@ def versions() -> dict:
     return out
 
 
+def cpu_info() -> dict:
+    """The CPU's model name and the vector extensions that decide CPU speed here (bf16
+    autocast is fast only with ``avx512_bf16`` or ``amx_bf16``), read from /proc/cpuinfo
+    where it exists."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or None, "flags": None}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {"model": fields.get("model name"), "flags": [f for f in wanted if f in flags]}
+
+
 def machine() -> dict:
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.machine(),
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpu": cpu_info(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
