@@ -51,6 +51,27 @@ def top_fraction_stats(scores: Tensor, positives: Tensor, fraction: float) -> di
             "recall": tp / max(int(positives.sum()), 1)}
 
 
+def tail_overlap(norms: Tensor, poison_mask: Tensor, quantile: float = 0.995) -> dict:
+    """Whether the poisoned samples reach the clean samples' far tail, where Burn selects.
+
+    ``poisoned_beyond_clean_q``: the share of poisoned samples farther than the clean samples'
+    ``quantile`` (default 99.5%). Above the clean quantile lie ``(1 - quantile) * n_clean``
+    clean samples, so the selection there is mostly poison only if this share times
+    ``n_poisoned`` exceeds that number (4.5% of the poison at 10% poisoning and 99.5%); near 0,
+    the top of the ranking is clean whatever the means say."""
+    mask = poison_mask.bool()
+    clean, pois = norms[~mask].double(), norms[mask].double()
+    if not len(pois) or not len(clean):
+        return {}
+    cq = float(torch.quantile(clean, quantile))
+    beyond = int((pois > cq).sum())
+    return {"clean_q": quantile, "clean_at_q": cq, "poisoned_median": float(pois.median()),
+            "poisoned_q95": float(torch.quantile(pois, 0.95)),
+            "poisoned_beyond_clean_q": beyond / len(pois),
+            # precision of the selection {distance > clean quantile}: poison over everything there
+            "precision_beyond_clean_q": beyond / max(beyond + int((clean > cq).sum()), 1)}
+
+
 def separation_summary(norms: Tensor, adv_labels: Tensor, poison_mask: Tensor,
                        original_labels: Tensor, target: int,
                        fractions=(0.005, 0.01), given_labels: Tensor | None = None) -> dict:
@@ -70,6 +91,7 @@ def separation_summary(norms: Tensor, adv_labels: Tensor, poison_mask: Tensor,
     if len(pois):
         out["mean_ratio"] = out["mean_poisoned"] / out["mean_clean"]
         out["median_ratio"] = out["median_poisoned"] / out["median_clean"]
+        out["tail_overlap"] = tail_overlap(norms, mask)
     for f in fractions:
         s = top_fraction_stats(norms, mask, f)
         top = torch.argsort(norms, descending=True, stable=True)[:s["n"]]

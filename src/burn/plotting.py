@@ -43,7 +43,8 @@ def regime_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
                           "top05_precision": "precision of top 0.5% (Burn's selection)",
                           "top1_precision": "precision of top 1%",
                           "top05_suspect_class_precision": "precision of top 0.5%, suspect class only",
-                          "revert_share": "poisoned: adv. label = true label"},
+                          "revert_share": "poisoned: adv. label = true label",
+                          "poisoned_beyond_clean_q995": "poisoned farther than 99.5% of clean"},
           f"Does boundary distance find the poison? ({dataset})", "fraction")
     _bars(axes[1], done, {"acc": "ACC attacked", "asr": "ASR attacked",
                           "burn_acc": "ACC after Burn", "burn_asr": "ASR after Burn",

@@ -68,6 +68,28 @@ def regime_row(cfg, regime: Regime, results_root=None) -> dict:
     return row
 
 
+def tail_overlap_row(cfg, results_root=None, data_root=None) -> dict:
+    """The regime's ``analysis.tail_overlap`` (does the poison reach the clean samples' far
+    tail, where Burn selects?) from its committed model and distances; {} while its DeepFool
+    distances are not committed (this never starts a DeepFool run)."""
+    import numpy as np
+
+    from .analysis import tail_overlap
+    from .experiment import attacked_model, boundary_distances, results_dir
+
+    d = results_dir(cfg, results_root)
+    if not ((d / "burn.json").is_file() and (d / "deepfool.npz").is_file()):
+        return {}
+    with np.load(d / "deepfool.npz") as z:
+        if str(z["key"]) != json.loads((d / "burn.json").read_text())["deepfool"]["key"]:
+            return {}
+    run = attacked_model(cfg, data_root=data_root, results_root=results_root, progress=False)
+    t = tail_overlap(boundary_distances(run, progress=False)["norms"], run.poisoned.poison_mask)
+    return {"clean_q995": t["clean_at_q"], "poisoned_median": t["poisoned_median"],
+            "poisoned_beyond_clean_q995": t["poisoned_beyond_clean_q"],
+            "precision_beyond_clean_q995": t["precision_beyond_clean_q"]}
+
+
 def regime_study(path, *, run: bool = False, include_gpu: bool = False, only: list[str] | None = None,
                  data_root=None, results_root=None, progress: bool = True) -> pd.DataFrame:
     """With ``run``, train / DeepFool / Burn each selected regime that lacks results (each
@@ -83,7 +105,7 @@ def regime_study(path, *, run: bool = False, include_gpu: bool = False, only: li
             r = attacked_model(cfg, data_root=data_root, results_root=results_root, progress=progress)
             attack_by_class(r)  # asr_by_class.csv beside none.json: where the trigger loses
             burn_run(r, progress=progress, results_root=results_root)
-        rows.append(regime_row(cfg, regime, results_root))
+        rows.append(regime_row(cfg, regime, results_root) | tail_overlap_row(cfg, results_root, data_root))
     return pd.DataFrame(rows)
 
 

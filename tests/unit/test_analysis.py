@@ -46,3 +46,20 @@ def test_suspect_class_precision_uses_only_given_labels():
                            fractions=(0.2,), given_labels=given)
     assert s["top20pct_precision"] == 0.0  # the global top 2 are far clean samples
     assert s["suspect_class"] == 0 and s["top20pct_suspect_class_precision"] == 1.0
+
+
+def test_tail_overlap_counts_poison_beyond_the_clean_quantile():
+    from burn.analysis import tail_overlap
+
+    # 1000 clean samples at 1..1000, 100 poisoned: 90 in the middle, 10 beyond every clean one
+    clean = torch.arange(1, 1001).double()
+    pois = torch.cat([torch.full((90,), 500.0), torch.full((10,), 2000.0)]).double()
+    norms = torch.cat([clean, pois])
+    mask = torch.cat([torch.zeros(1000, dtype=torch.bool), torch.ones(100, dtype=torch.bool)])
+    t = tail_overlap(norms, mask, quantile=0.99)
+    assert abs(t["clean_at_q"] - torch.quantile(clean, 0.99).item()) < 1e-9
+    assert t["poisoned_median"] == 500.0
+    assert t["poisoned_beyond_clean_q"] == 0.1
+    # beyond the clean 99% quantile (990.01): 10 clean samples (991..1000) and 10 poisoned
+    assert t["precision_beyond_clean_q"] == 0.5
+    assert tail_overlap(clean, torch.zeros(1000, dtype=torch.bool)) == {}
