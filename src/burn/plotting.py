@@ -132,6 +132,8 @@ def fig2_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
                ylabel="share of samples")
         ax.title.set_fontsize(9)
         ax.tick_params(axis="x", rotation=60)
+        ax.set_ylim(0, d["share"].max() * 1.3)  # headroom: the legend sits above the bars
+        ax.legend(fontsize=8, loc="upper center", ncol=2)
     fig.tight_layout()
     return fig
 
