@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from .analysis import auroc, roc_curve, top_fraction_stats
-from .cache import config_hash
+from .cache import config_hash, write_json
 from .config import PROJECT_ROOT, load_preset, to_dict
 from .deepfool import deepfool
 from .defenses.burn import finetune
@@ -253,28 +253,38 @@ def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200
                       progress: bool = True) -> pd.DataFrame:
     """Fig. 6: ACC / ASR after one Burn fine-tuning iteration (the spec's recipe) on N truly
     poisoned samples with restored labels (``labels="adversarial"``: their DeepFool labels, as
-    Burn would; ``"true"``: the oracle labels) plus ``n_clean`` random clean samples."""
+    Burn would; ``"true"``: the oracle labels) plus ``n_clean`` random clean samples.
+
+    Each budget's row is kept in ``unlearning_budget.json`` beside the attacked model, keyed
+    by everything it depends on, and written as soon as it is measured: a rerun (after a plot
+    change, or an interruption) recomputes only the missing budgets."""
     bd = boundary_distances(run, progress=progress)
     p = run.poisoned
     cfg = run.cfg.burn
+    store = run.results_dir / "unlearning_budget.json"
+    done = json.loads(store.read_text()) if store.is_file() else {}
     g = torch.Generator().manual_seed(seed)
     pois = p.poison_idx[torch.randperm(len(p.poison_idx), generator=g)]
     clean = (~p.poison_mask).nonzero().squeeze(1)
     clean = clean[torch.randperm(len(clean), generator=g)[:n_clean]]
     rows = []
     for n in budgets:
-        pi = pois[:n]
-        relabel = bd["adv_labels"][pi].long() if labels == "adversarial" else p.original_labels[pi]
-        idx = torch.cat([pi, clean])
-        y = torch.cat([relabel, p.labels[clean]])
-        model = finetune(copy.deepcopy(run.model), p.images[idx], y, cfg,
-                         torch.Generator().manual_seed(cfg.seed))
-        m = evaluate(model, run.test, run.poisoned_test, run.cfg.attack.target)
-        rows.append({"attack": run.cfg.attack.name, "n_poisoned": n, "n_clean": len(clean),
-                     "labels": labels,
-                     "label_is_true": float((relabel == p.original_labels[pi]).float().mean()) if n else float("nan"),
-                     **m})
-    return pd.DataFrame(rows)
+        key = config_hash("unlearning-budget", run.key, bd["key"], cfg, n, n_clean, labels, seed)
+        if key not in done:
+            pi = pois[:n]
+            relabel = bd["adv_labels"][pi].long() if labels == "adversarial" else p.original_labels[pi]
+            idx = torch.cat([pi, clean])
+            y = torch.cat([relabel, p.labels[clean]])
+            model = finetune(copy.deepcopy(run.model), p.images[idx], y, cfg,
+                             torch.Generator().manual_seed(cfg.seed))
+            m = evaluate(model, run.test, run.poisoned_test, run.cfg.attack.target)
+            done[key] = {"attack": run.cfg.attack.name, "n_poisoned": n, "n_clean": len(clean),
+                         "labels": labels,
+                         "label_is_true": float((relabel == p.original_labels[pi]).float().mean()) if n else None,
+                         **m}
+            write_json(store, done)
+        rows.append(done[key])
+    return pd.DataFrame(rows).astype({"label_is_true": float})
 
 
 def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=PAPER_DEFENSES,

@@ -188,8 +188,10 @@ def fig6_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
     long["attack"] = long["attack"].map(_attack_label)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     sns.lineplot(long, x="n_poisoned", y="value", hue="attack", style="metric", marker="o", ax=ax)
-    ax.set(xscale="symlog", xlabel="relabeled poisoned samples N (symlog)", ylabel="fraction of test images",
-           ylim=(-0.02, 1.02), title=f"Unlearning budget ({dataset})")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set(xlim=(0, df["n_poisoned"].max() * 1.2), xlabel="relabeled poisoned samples N (symlog)",
+           ylabel="fraction of test images", ylim=(-0.02, 1.02),
+           title=f"Unlearning budget: N poisoned + {int(df['n_clean'].iloc[0])} clean samples ({dataset})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

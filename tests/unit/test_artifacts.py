@@ -98,3 +98,27 @@ def test_table1_clean_model_row(tmp_path):
     assert c.model == "clean model" and c.n_clean == 50 and c.n_poisoned == 0 and c.mean_clean > 0
     assert abs(b.ratio_mean_vs_clean_model - b.mean_poisoned / c.mean_clean) < 1e-12
     assert b.n_poisoned == 20 and b.ratio_mean > 0
+
+
+def test_unlearning_budget_keeps_each_measured_budget(tmp_path):
+    """Fig. 6's rows are stored as they are measured; a rerun (after a plot change) reuses
+    them instead of fine-tuning again."""
+    import torch
+
+    from burn.artifacts import unlearning_budget
+    from burn.data import ImageDataset
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+    run = _tiny_run(tmp_path, model, "badnets")
+    g = torch.Generator().manual_seed(1)
+    imgs = torch.randint(0, 256, (30, 3, 4, 4), generator=g, dtype=torch.uint8)
+    run.test = ImageDataset(imgs, torch.randint(0, 3, (30,), generator=g), ("a", "b", "c"), "tiny test")
+    run.poisoned_test = ImageDataset(imgs[:10], torch.ones(10, dtype=torch.long), ("a", "b", "c"), "tiny pt")
+    df = unlearning_budget(run, budgets=(0, 5), n_clean=20, progress=False)
+    assert df["n_poisoned"].tolist() == [0, 5] and df[["acc", "asr", "ra"]].stack().between(0, 1).all()
+    assert df["label_is_true"].isna().tolist() == [True, False]
+    assert (tmp_path / "badnets" / "unlearning_budget.json").is_file()
+    run.model = None  # any fine-tuning now would fail
+    again = unlearning_budget(run, budgets=(0, 5), n_clean=20, progress=False)
+    assert again.equals(df)
