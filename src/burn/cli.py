@@ -124,7 +124,9 @@ def cmd_regime(args) -> int:
     save_table(df, csv, config={"spec": str(args.spec)}, inputs=[args.spec])
     preset, dataset, attack = csv.parts[-4:-1]
     fig_root = Path(args.results_root) / "figures" if args.results_root else PROJECT_ROOT / "figures"
-    save_figure(plotting.regime_figure(df, dataset), fig_root / preset / f"regime_{attack}",
+    # the data's full name (e.g. "CIFAR-10 (JPEG copy)") as the trained models recorded it
+    label = next((d for d in df["data"].dropna()), dataset) if "data" in df else dataset
+    save_figure(plotting.regime_figure(df, label), fig_root / preset / f"regime_{attack}",
                 config={"spec": str(args.spec)}, inputs=[csv])
     cols = [c for c in ("regime", "status", "acc", "asr", "median_ratio", "auroc", "top05_precision",
                         "top1_precision", "revert_share", "burn_acc", "burn_asr", "burn_sc_acc",

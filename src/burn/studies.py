@@ -44,7 +44,7 @@ def regime_row(cfg, regime: Regime, results_root=None) -> dict:
            "augment": cfg.train.augment, "status": "not run"}
     if (d / "none.json").is_file():
         rec = json.loads((d / "none.json").read_text())
-        row.update(status="trained", acc=rec["acc"], asr=rec["asr"], ra=rec["ra"],
+        row.update(status="trained", data=rec["dataset"].split(",")[0], acc=rec["acc"], asr=rec["asr"], ra=rec["ra"],
                    train_wall_s=rec["wall_s"])
     if (d / "burn.json").is_file():
         b = json.loads((d / "burn.json").read_text())
