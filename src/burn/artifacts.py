@@ -130,20 +130,19 @@ def tail_under_clean_model(run: AttackRun, clean_run: AttackRun, *, fraction: fl
     cr = subset_distances(clean_run, ref, name="reference", progress=progress)
     ref_sorted = cr["norms"].double().sort().values
     pct = torch.searchsorted(ref_sorted, ct["norms"].double()).double() / len(ref_sorted)
-    rows = pd.DataFrame({
-        "attack": name, "group": "tail", "index": tail.numpy(), "poisoned": p.poison_mask[tail].numpy(),
-        "true_label": p.original_labels[tail].numpy(),
-        "distance_attacked": bd["norms"][tail].float().numpy(),
-        "adv_label_attacked": bd["adv_labels"][tail].long().numpy(),
-        "distance_clean_model": ct["norms"].numpy(), "adv_label_clean_model": ct["adv_labels"].long().numpy(),
-        "clean_model_percentile": pct.numpy()})
-    rows = pd.concat([rows, pd.DataFrame({
-        "attack": name, "group": "reference", "index": ref.numpy(), "poisoned": p.poison_mask[ref].numpy(),
-        "true_label": p.original_labels[ref].numpy(),
-        "distance_attacked": bd["norms"][ref].float().numpy(),
-        "adv_label_attacked": bd["adv_labels"][ref].long().numpy(),
-        "distance_clean_model": cr["norms"].numpy(), "adv_label_clean_model": cr["adv_labels"].long().numpy(),
-        "clean_model_percentile": float("nan")})], ignore_index=True)
+
+    def frame(group, idx, under_clean, percentile):
+        return pd.DataFrame({
+            "attack": name, "group": group, "index": idx.numpy(), "poisoned": p.poison_mask[idx].numpy(),
+            "true_label": p.original_labels[idx].numpy(),
+            "distance_attacked": bd["norms"][idx].float().numpy(),
+            "adv_label_attacked": bd["adv_labels"][idx].long().numpy(),
+            "distance_clean_model": under_clean["norms"].numpy(),
+            "adv_label_clean_model": under_clean["adv_labels"].long().numpy(),
+            "clean_model_percentile": percentile})
+
+    rows = pd.concat([frame("tail", tail, ct, pct.numpy()), frame("reference", ref, cr, float("nan"))],
+                     ignore_index=True)
     t = rows[(rows.group == "tail") & ~rows.poisoned]
     r = rows[rows.group == "reference"]
     summary = {

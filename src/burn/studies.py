@@ -72,19 +72,18 @@ def tail_overlap_row(cfg, results_root=None, data_root=None) -> dict:
     """The regime's ``analysis.tail_overlap`` (does the poison reach the clean samples' far
     tail, where Burn selects?) from its committed model and distances; {} while its DeepFool
     distances are not committed (this never starts a DeepFool run)."""
-    import numpy as np
-
     from .analysis import tail_overlap
-    from .experiment import attacked_model, boundary_distances, results_dir
+    from .experiment import _load_distances, attacked_model, results_dir
 
     d = results_dir(cfg, results_root)
-    if not ((d / "burn.json").is_file() and (d / "deepfool.npz").is_file()):
+    if not (d / "burn.json").is_file():
         return {}
-    with np.load(d / "deepfool.npz") as z:
-        if str(z["key"]) != json.loads((d / "burn.json").read_text())["deepfool"]["key"]:
-            return {}
+    # the distances Burn used, as committed; None if missing or of another model/config
+    bd = _load_distances(d / "deepfool.npz", json.loads((d / "burn.json").read_text())["deepfool"]["key"])
+    if bd is None:
+        return {}
     run = attacked_model(cfg, data_root=data_root, results_root=results_root, progress=False)
-    t = tail_overlap(boundary_distances(run, progress=False)["norms"], run.poisoned.poison_mask)
+    t = tail_overlap(bd["norms"], run.poisoned.poison_mask)
     return {"clean_q995": t["clean_at_q"], "poisoned_median": t["poisoned_median"],
             "poisoned_beyond_clean_q995": t["poisoned_beyond_clean_q"],
             "precision_beyond_clean_q995": t["precision_beyond_clean_q"]}
