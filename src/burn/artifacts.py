@@ -18,7 +18,7 @@ import torch
 
 from .analysis import auroc, roc_curve, top_fraction_stats
 from .cache import config_hash, write_json
-from .config import PROJECT_ROOT, load_preset, to_dict
+from .config import PROJECT_ROOT, BurnCfg, from_dict, load_preset, to_dict
 from .deepfool import deepfool
 from .defenses.burn import finetune
 from .experiment import AttackRun, attacked_model, boundary_distances, burn_run, results_dir, subset_distances
@@ -313,11 +313,12 @@ def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=
 def _matching_burn_record(paths, attack_key: str, burn_cfg) -> dict | None:
     """The first Burn record among ``paths`` run on this attacked model with exactly
     ``burn_cfg`` (so the grid point equal to the defaults reuses ``burn.json``)."""
-    want = to_dict(burn_cfg)
     for path in paths:
         if path.is_file():
             rec = json.loads(path.read_text())
-            if rec.get("attack_config_hash") == attack_key and rec["config"]["burn"] == want:
+            # read through the schema, so a Burn option added later (at its default) still matches
+            if rec.get("attack_config_hash") == attack_key and \
+                    from_dict(BurnCfg, rec["config"]["burn"]) == burn_cfg:
                 return rec
     return None
 

@@ -14,15 +14,15 @@ from .config import to_dict
 from .data import cache_dir
 
 
-def to_jsonable(obj) -> Any:
-    obj = to_dict(obj)
+def to_jsonable(obj, *, for_key: bool = False) -> Any:
+    obj = to_dict(obj, for_key=for_key)
     if isinstance(obj, float) and obj != obj:
         return None
     return obj
 
 
 def config_hash(*parts) -> str:
-    blob = json.dumps([to_jsonable(p) for p in parts], sort_keys=True, separators=(",", ":"))
+    blob = json.dumps([to_jsonable(p, for_key=True) for p in parts], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -104,3 +104,18 @@ def test_suspect_class_selection_is_opt_in_and_draws_from_one_class():
     _, rep = defend(model, images, labels, BurnCfg(**{**CFG.__dict__, "selection": "suspect_class"}),
                     norms=norms, adv_labels=adv, poison_mask=mask)
     assert rep.suspect_class == 0 and rep.iterations[0].precision == 1.0
+
+
+def test_phase1_clean_set_is_opt_in_and_keeps_existing_keys():
+    from burn.cache import config_hash
+
+    model, images, labels, _, mask, norms, adv = _setup()
+    _, rep = defend(model, images, labels, BurnCfg(**{**CFG.__dict__, "phase1_clean_set": True}),
+                    norms=norms, adv_labels=adv, poison_mask=mask)
+    it0 = rep.iterations[0]
+    assert it0.n_poison_set == 10 and it0.n_clean_set == 20  # beta_0 = 10% of 200, by distance
+    assert it0.poisoned_in_clean_set == 0  # the bottom of the ranking: the poison sits far
+    # at its default the option is left out of config hashes, so committed results stay valid
+    assert config_hash(BurnCfg()) == config_hash({k: v for k, v in BurnCfg().__dict__.items()
+                                                  if k != "phase1_clean_set"})
+    assert config_hash(BurnCfg(phase1_clean_set=True)) != config_hash(BurnCfg())

@@ -174,9 +174,9 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
         t0 = time.perf_counter()
         lam, alpha, beta = schedule(cfg, t)
         n_p = round(alpha * n)
-        if t == 0:  # phase 1: distance alone, no clean set
+        if t == 0:  # phase 1: distance alone; no clean set unless the opt-in asks for one
             score = bd
-            n_c = 0
+            n_c = round(beta * n) if cfg.phase1_clean_set else 0
         else:
             if logits0 is None:
                 logits0 = predict_logits(f0, images)
