@@ -1,7 +1,7 @@
 """Benchmark: ``burn.deepfool`` against foolbox's and torchattacks' DeepFool on the CPU.
 
     pip install -e '.[bench]'            # foolbox, torchattacks
-    python benchmarks/deepfool_cpu.py    # cpu preset, BadNets model; needs results/cpu/.../model.pt
+    python benchmarks/deepfool_cpu.py    # cpu-w16 preset's BadNets model (results/cpu-w16/.../model.pt)
     python benchmarks/deepfool_cpu.py --preset smoke --out /tmp/deepfool_smoke.json   # a dry run
 
 The same seeded training samples (``--n-clean`` clean + ``--n-poison`` poisoned) go through every
@@ -34,6 +34,7 @@ from burn.provenance import provenance
 
 SPEC = dict(num_candidates=10, overshoot=0.02, max_iter=50, step_eps=1e-4)  # BURN-SPEC.md
 DEFAULT_OUT = PROJECT_ROOT / "results" / "benchmarks" / "deepfool_cpu.json"
+BENCH_PRESET = "cpu-w16"
 
 
 class Formatted(nn.Module):
@@ -165,13 +166,14 @@ def summary(res: dict, is_poison: Tensor) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="cpu")
+    # the committed JSON was measured on the width-16 model (the cpu preset until 2026-11-25)
+    p.add_argument("--preset", default=BENCH_PRESET)
     p.add_argument("--n-clean", type=int, default=512)
     p.add_argument("--n-poison", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None,
                    help=f"JSON output (default: {DEFAULT_OUT.relative_to(PROJECT_ROOT)} for the "
-                        "cpu preset, <tmp>/deepfool_<preset>.json for any other)")
+                        f"{BENCH_PRESET} preset, <tmp>/deepfool_<preset>.json for any other)")
     p.add_argument("--results-root", type=Path, default=None,
                    help="where the attacked model lives (default: the repository's results/; "
                         "a temporary folder, deleted afterwards, for the smoke preset)")
@@ -198,9 +200,9 @@ def main(argv=None) -> dict:
 
     cfg = load_preset(args.preset, {"attack": {"name": "badnets"}})
     smoke = cfg.preset == "smoke"
-    out = args.out or (DEFAULT_OUT if cfg.preset == "cpu"
+    out = args.out or (DEFAULT_OUT if cfg.preset == BENCH_PRESET
                        else Path(tempfile.gettempdir()) / f"deepfool_{cfg.preset}.json")
-    if cfg.preset != "cpu" and out.resolve() == DEFAULT_OUT.resolve():
+    if cfg.preset != BENCH_PRESET and out.resolve() == DEFAULT_OUT.resolve():
         sys.exit(f"--preset {cfg.preset} must not write {DEFAULT_OUT}: pass another --out")
     with contextlib.ExitStack() as stack:
         root = args.results_root
