@@ -7,10 +7,24 @@ from burn.config import ConfigError, available_presets, load_preset
 
 
 def test_presets_exist_and_differ():
-    assert {"smoke", "cpu", "paper"} <= set(available_presets())
-    cpu, paper = load_preset("cpu"), load_preset("paper")
-    assert cpu.model.width == 16 and paper.model.width == 64 and paper.train.epochs == 100
+    assert {"smoke", "cpu", "cpu-w16", "paper"} <= set(available_presets())
+    cpu, w16, paper = load_preset("cpu"), load_preset("cpu-w16"), load_preset("paper")
+    assert cpu.model.width == 32 and cpu.train.amp_bf16 and cpu.train.epochs == 20
+    assert w16.model.width == 16 and not w16.train.amp_bf16 and w16.train.epochs == 20
+    assert paper.model.width == 64 and paper.train.epochs == 100
     assert paper.train.lr == 0.01 and paper.train.batch_size == 128 and paper.train.weight_decay == 5e-4
+
+
+def test_result_keys_do_not_depend_on_the_presets_name():
+    """Renaming a preset (cpu -> cpu-w16) keeps every committed result valid: keys hash the
+    settings, never the preset's or the variant's name."""
+    from burn.experiment import attack_key
+
+    w16 = load_preset("cpu-w16")
+    same = load_preset("cpu", {"model": {"width": 16}, "train": {"amp_bf16": False}, "variant": "x"})
+    assert w16.preset != same.preset and w16.variant != same.variant
+    assert attack_key(w16, "CIFAR-10") == attack_key(same, "CIFAR-10")
+    assert attack_key(load_preset("cpu"), "CIFAR-10") != attack_key(w16, "CIFAR-10")
 
 
 def test_unknown_keys_raise():
