@@ -18,10 +18,11 @@ import torch
 
 from .analysis import auroc, roc_curve, top_fraction_stats
 from .cache import config_hash, write_json
-from .config import PROJECT_ROOT, BurnCfg, from_dict, load_preset, to_dict
+from .config import PROJECT_ROOT, load_preset, to_dict
 from .deepfool import deepfool
 from .defenses.burn import finetune
-from .experiment import AttackRun, attacked_model, boundary_distances, burn_run, results_dir, subset_distances
+from .experiment import (AttackRun, attacked_model, boundary_distances, burn_run, matching_burn_record,
+                         results_dir, subset_distances)
 from .metrics import evaluate
 from .models import to_model_format
 
@@ -310,19 +311,6 @@ def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=
     return pd.DataFrame(rows, columns=["attack", "defense", "opt_in", "acc", "asr", "ra"]), missing
 
 
-def _matching_burn_record(paths, attack_key: str, burn_cfg) -> dict | None:
-    """The first Burn record among ``paths`` run on this attacked model with exactly
-    ``burn_cfg`` (so the grid point equal to the defaults reuses ``burn.json``)."""
-    for path in paths:
-        if path.is_file():
-            rec = json.loads(path.read_text())
-            # read through the schema, so a Burn option added later (at its default) still matches
-            if rec.get("attack_config_hash") == attack_key and \
-                    from_dict(BurnCfg, rec["config"]["burn"]) == burn_cfg:
-                return rec
-    return None
-
-
 def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 0.1),
              fixed_alpha: float = 0.01, fixed_beta: float = 0.05, progress: bool = True,
              results_root=None) -> pd.DataFrame:
@@ -336,7 +324,7 @@ def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 
         burn_cfg = replace(run.cfg.burn, alpha_start=a / 2, alpha_end=a, beta_start=b / 2, beta_end=b)
         cfg = replace(run.cfg, burn=burn_cfg)
         out = Path(results_root or run.results_dir) / "ablation" / config_hash(run.key, burn_cfg)
-        rec = _matching_burn_record([out / "burn.json", run.results_dir / "burn.json"], run.key, burn_cfg)
+        rec = matching_burn_record([out / "burn.json", run.results_dir / "burn.json"], run.key, burn_cfg)
         if rec is None:
             sub = AttackRun(cfg, run.key, run.model, run.attack, run.poisoned, run.test, run.poisoned_test,
                             run.record, run.results_dir)

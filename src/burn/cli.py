@@ -99,7 +99,8 @@ def cmd_defend(args) -> int:
     cfg = _config(args)
     run = attacked_model(cfg, data_root=args.data_root, download=args.download,
                          results_root=args.results_root, progress=not args.quiet)
-    r = burn_run(run, progress=not args.quiet, results_root=args.results_root, tag=args.tag or "")
+    r = burn_run(run, progress=not args.quiet, results_root=args.results_root, tag=args.tag or "",
+                 rerun=args.rerun)
     b = r["before"]
     print(f"{r['dataset']} | {cfg.attack.name} | Burn, {cfg.burn.iterations} iterations")
     print(f"before: ACC {b['acc']:.4f}  ASR {b['asr']:.4f}  RA {b['ra']:.4f}")
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defense", default="burn", help="defense to run (default: burn)")
     p.add_argument("--tag", help="name for a run with non-default Burn options (--set burn.*): "
                                  "writes burn_<tag>.json beside burn.json")
+    p.add_argument("--rerun", action="store_true",
+                   help="run Burn even if a record of this model and config is stored")
     p.set_defaults(func=cmd_defend)
 
     p = sub.add_parser("regime", help="the regime study: which training regime makes Burn's selection work",

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -119,3 +120,27 @@ def test_attack_by_class_is_cached_per_model(tmp_path):
     assert attack_by_class(run)["class"].iloc[0].startswith("X")  # read back, not recomputed
     run.key = "another-model"
     assert not attack_by_class(run)["class"].iloc[0].startswith("X")  # stale: recomputed
+
+
+def test_burn_run_reuses_its_stored_record(tmp_path, monkeypatch):
+    """A finished Burn run costs nothing the second time (a committed burn.json is not
+    recomputed); another Burn config, or --rerun, computes."""
+    import burn.defenses.burn as burn_module
+    from burn.config import replace
+    from burn.experiment import burn_run
+
+    run = attacked_model(load_preset("smoke"), results_root=tmp_path, progress=False)
+    first = burn_run(run, progress=False)
+    stored = json.loads((run.results_dir / "burn.json").read_text())
+    assert stored["acc"] == first["acc"]
+
+    def fail(*a, **k):
+        raise AssertionError("Burn was run again")
+
+    monkeypatch.setattr(burn_module, "defend", fail)
+    assert burn_run(run, progress=False) == stored
+    other = dataclasses.replace(run, cfg=replace(run.cfg, burn=replace(run.cfg.burn, lr=2e-4)))
+    with pytest.raises(AssertionError, match="run again"):
+        burn_run(other, progress=False, tag="lr")
+    with pytest.raises(AssertionError, match="run again"):
+        burn_run(run, progress=False, rerun=True)
