@@ -259,11 +259,13 @@ def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None
     from .defenses.burn import defend
 
     bd = boundary_distances(run, progress=progress)
+    key = config_hash("burn", run.key, bd["key"], run.cfg.burn)
     out = Path(out_dir or (results_dir(run.cfg, results_root) if results_root else run.results_dir))
     path = out / (f"burn_{tag}.json" if tag else "burn.json")
-    saved = None if rerun else matching_burn_record([path], run.key, run.cfg.burn)
-    if saved is not None and saved.get("deepfool", {}).get("key") == bd["key"]:
-        return saved
+    if not rerun and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("config_hash") == key:
+            return saved
     target = run.cfg.attack.target
 
     def evaluate_fn(m):
@@ -292,7 +294,7 @@ def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None
         "defense": "burn", "wall_s": round(wall, 1),
         "deepfool": df_summary,
         "report": report.to_dict(),
-        "config_hash": config_hash("burn", run.key, bd["key"], run.cfg.burn),
+        "config_hash": key,
         "attack_config_hash": run.key,
         "config": to_dict(run.cfg),
         **provenance(),
