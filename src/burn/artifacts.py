@@ -25,6 +25,7 @@ from .experiment import (AttackRun, attacked_model, boundary_distances, burn_run
                          results_dir, subset_distances)
 from .metrics import evaluate
 from .models import to_model_format
+from .runtime import Runtime
 
 ATTACK_LABELS = {"badnets": "BadNets", "blended": "Blended", "inputaware": "Dynamic",
                  "lc": "CL", "lf": "LF", "ssba": "SSBA", "trojannn": "TrojanNN", "clean": "Clean"}
@@ -44,13 +45,12 @@ PAPER_TABLE1 = {
 }
 
 
-def load_runs(preset: str, dataset: str, attacks, *, data_root=None, results_root=None,
-              progress: bool = True) -> dict[str, AttackRun]:
+def load_runs(preset: str, dataset: str, attacks, runtime: Runtime = Runtime()) -> dict[str, AttackRun]:
     """Attacked models of ``attacks`` (trained, or loaded from the committed results)."""
     runs = {}
     for a in attacks:
         cfg = load_preset(preset, {"data": {"dataset": dataset}, "attack": {"name": a}})
-        runs[a] = attacked_model(cfg, data_root=data_root, results_root=results_root, progress=progress)
+        runs[a] = attacked_model(cfg, runtime)
     return runs
 
 
@@ -64,8 +64,7 @@ def _sample(mask: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.
 
 
 def table1_boundary_distance(runs: dict[str, AttackRun], *, n: int = 1000, seed: int = 0,
-                             clean_run: AttackRun | None = None,
-                             progress: bool = True) -> pd.DataFrame:
+                             clean_run: AttackRun | None = None) -> pd.DataFrame:
     """Mean / median DeepFool distance of ``n`` clean and ``n`` poisoned training samples per
     attack, beside the paper's Table 1 (raw values and the poisoned/clean ratio).
 
@@ -79,7 +78,7 @@ def table1_boundary_distance(runs: dict[str, AttackRun], *, n: int = 1000, seed:
     clean_model_mean = float("nan")
     if clean_run is not None:
         ci, _ = _sample(clean_run.poisoned.poison_mask, n, seed)
-        bd = subset_distances(clean_run, ci, name="table1", progress=progress)
+        bd = subset_distances(clean_run, ci, name="table1")
         norms = bd["norms"].double()
         clean_model_mean = float(norms.mean())
         rows.append({"dataset": clean_run.poisoned.name.split(",")[0], "attack": "clean",
@@ -88,7 +87,7 @@ def table1_boundary_distance(runs: dict[str, AttackRun], *, n: int = 1000, seed:
                      "unconverged_clean": int((~bd["converged"].bool()).sum()), "unconverged_poisoned": 0,
                      "paper_clean": paper.get("clean", float("nan"))})
     for name, run in runs.items():
-        bd = boundary_distances(run, progress=progress)
+        bd = boundary_distances(run)
         mask = run.poisoned.poison_mask
         ci, pi = _sample(mask, n, seed)
         norms, conv = bd["norms"].double(), bd["converged"].bool()
@@ -109,8 +108,7 @@ def table1_boundary_distance(runs: dict[str, AttackRun], *, n: int = 1000, seed:
 
 
 def tail_under_clean_model(run: AttackRun, clean_run: AttackRun, *, fraction: float = 0.005,
-                           n_reference: int = 1000, seed: int = 0,
-                           progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                           n_reference: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Why the top of the distance ranking is not poison: is its far tail made by the backdoor
     or is it there without one? The top ``fraction`` of the attacked model's training set by
     distance (Burn's ``P_0``) is measured again under ``clean_run``, the same architecture
@@ -120,15 +118,15 @@ def tail_under_clean_model(run: AttackRun, clean_run: AttackRun, *, fraction: fl
     Returns one row per sample (``group`` "tail" or "reference") and a summary: the share of
     the tail's clean samples whose adversarial label is the target under each model, and
     where their clean-model distance falls in the reference distribution (its percentile)."""
-    bd = boundary_distances(run, progress=progress)
+    bd = boundary_distances(run)
     p, target = run.poisoned, run.cfg.attack.target
     k = round(fraction * len(p))
     tail = torch.argsort(bd["norms"].float(), descending=True, stable=True)[:k].sort().values
     g = torch.Generator().manual_seed(seed)
     ref = torch.randperm(len(p), generator=g)[:n_reference].sort().values
     name = run.cfg.attack.name
-    ct = subset_distances(clean_run, tail, name=f"tail_{name}", progress=progress)
-    cr = subset_distances(clean_run, ref, name="reference", progress=progress)
+    ct = subset_distances(clean_run, tail, name=f"tail_{name}")
+    cr = subset_distances(clean_run, ref, name="reference")
     ref_sorted = cr["norms"].double().sort().values
     pct = torch.searchsorted(ref_sorted, ct["norms"].double()).double() / len(ref_sorted)
 
@@ -160,13 +158,12 @@ def tail_under_clean_model(run: AttackRun, clean_run: AttackRun, *, fraction: fl
     return rows, summary
 
 
-def adversarial_labels(runs: dict[str, AttackRun], *, n: int = 1000, seed: int = 0,
-                       progress: bool = True) -> pd.DataFrame:
+def adversarial_labels(runs: dict[str, AttackRun], *, n: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Fig. 2: for ``n`` clean and ``n`` poisoned samples per attack, the share of each
     adversarial label, and whether it is the sample's true label or the target."""
     rows = []
     for name, run in runs.items():
-        bd = boundary_distances(run, progress=progress)
+        bd = boundary_distances(run)
         mask = run.poisoned.poison_mask
         target = run.cfg.attack.target
         for group, idx in zip(("clean", "poisoned"), _sample(mask, n, seed)):
@@ -184,14 +181,13 @@ def adversarial_labels(runs: dict[str, AttackRun], *, n: int = 1000, seed: int =
 
 
 def filtering(runs: dict[str, AttackRun], *, fractions=(0.005, 0.01, 0.05, 0.1),
-              roc_points: int = 200, dist_samples: int = 5000, seed: int = 0,
-              progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+              roc_points: int = 200, dist_samples: int = 5000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Fig. 5: how well the distance separates poisoned from clean training samples.
     Returns (summary: AUROC and top-fraction precision/recall; ROC points; a seeded sample of
     per-sample distances for the distribution plot)."""
     summary, roc, dist = [], [], []
     for name, run in runs.items():
-        bd = boundary_distances(run, progress=progress)
+        bd = boundary_distances(run)
         mask = run.poisoned.poison_mask
         norms = bd["norms"].float()
         row = {"attack": name, "auroc": auroc(norms, mask), "n": len(norms), "n_poisoned": int(mask.sum())}
@@ -249,8 +245,7 @@ def feature_similarity(run: AttackRun, *, n: int = 500, seed: int = 0) -> tuple[
 
 
 def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200),
-                      n_clean: int = 2500, labels: str = "adversarial", seed: int = 0,
-                      progress: bool = True) -> pd.DataFrame:
+                      n_clean: int = 2500, labels: str = "adversarial", seed: int = 0) -> pd.DataFrame:
     """Fig. 6: ACC / ASR after one Burn fine-tuning iteration (the spec's recipe) on N truly
     poisoned samples with restored labels (``labels="adversarial"``: their DeepFool labels, as
     Burn would; ``"true"``: the oracle labels) plus ``n_clean`` random clean samples.
@@ -258,7 +253,7 @@ def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200
     Each budget's row is kept in ``unlearning_budget.json`` beside the attacked model, keyed
     by everything it depends on, and written as soon as it is measured: a rerun (after a plot
     change, or an interruption) recomputes only the missing budgets."""
-    bd = boundary_distances(run, progress=progress)
+    bd = boundary_distances(run)
     p = run.poisoned
     cfg = run.cfg.burn
     store = run.results_dir / "unlearning_budget.json"
@@ -312,8 +307,7 @@ def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=
 
 
 def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 0.1),
-             fixed_alpha: float = 0.01, fixed_beta: float = 0.05, progress: bool = True,
-             results_root=None) -> pd.DataFrame:
+             fixed_alpha: float = 0.01, fixed_beta: float = 0.05) -> pd.DataFrame:
     """Table 2: Burn's final ACC/ASR with the poison fraction alpha varied at fixed beta, and
     beta varied at fixed alpha (alpha / beta are the end values of the schedules; the start
     values keep the spec's ratio start = end / 2). Each run is stored under
@@ -323,12 +317,10 @@ def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 
     for varied, a, b in grid:
         burn_cfg = replace(run.cfg.burn, alpha_start=a / 2, alpha_end=a, beta_start=b / 2, beta_end=b)
         cfg = replace(run.cfg, burn=burn_cfg)
-        out = Path(results_root or run.results_dir) / "ablation" / config_hash(run.key, burn_cfg)
+        out = run.results_dir / "ablation" / config_hash(run.key, burn_cfg)
         rec = matching_burn_record([out / "burn.json", run.results_dir / "burn.json"], run.key, burn_cfg)
         if rec is None:
-            sub = AttackRun(cfg, run.key, run.model, run.attack, run.poisoned, run.test, run.poisoned_test,
-                            run.record, run.results_dir)
-            rec = burn_run(sub, progress=progress, out_dir=out)
+            rec = burn_run(replace(run, cfg=cfg), out_dir=out)
         rows.append({"attack": run.cfg.attack.name, "varied": varied, "alpha": a, "beta": b,
                      "acc": rec["acc"], "asr": rec["asr"], "ra": rec["ra"],
                      "precision_final": rec["report"]["iterations"][-1].get("precision")})

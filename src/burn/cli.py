@@ -14,6 +14,7 @@ from .atomic import write_text
 from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset
 from .data import DatasetNotFoundError
 from .experiment import ResultsConflictError
+from .runtime import Runtime
 
 EPILOG = """examples:
   burn attack --attack badnets --dataset cifar10 --preset cpu
@@ -59,7 +60,22 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override a preset value, e.g. train.epochs=30 (repeatable)")
     p.add_argument("--variant", help="name for a modified preset (with --set); results go to <attack>/variants/<name>/")
     p.add_argument("--results-root", help="where results/ lives (default: the repository's results/)")
+    _runtime_args(p)
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    """Options of how a run executes; none of them changes a result's key."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def _runtime(args) -> Runtime:
+    return Runtime(device=args.device, threads=args.threads, data_root=getattr(args, "data_root", None),
+                   results_root=getattr(args, "results_root", None),
+                   download=getattr(args, "download", False), progress=not args.quiet,
+                   debug=args.debug)
 
 
 def _config(args):
@@ -77,9 +93,7 @@ def cmd_attack(args) -> int:
     from .experiment import attack_by_class, attacked_model
 
     cfg = _config(args)
-    run = attacked_model(cfg, data_root=args.data_root, download=args.download,
-                         retrain=args.retrain, results_root=args.results_root,
-                         progress=not args.quiet)
+    run = attacked_model(cfg, _runtime(args), retrain=args.retrain)
     r = run.record
     print(f"{r['dataset']} | {cfg.model.arch} width {cfg.model.width} | {cfg.train.epochs} epochs")
     print(f"ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}  "
@@ -97,10 +111,8 @@ def cmd_defend(args) -> int:
     if args.defense != "burn":
         raise ValueError(f"unknown defense {args.defense!r}; available: burn")
     cfg = _config(args)
-    run = attacked_model(cfg, data_root=args.data_root, download=args.download,
-                         results_root=args.results_root, progress=not args.quiet)
-    r = burn_run(run, progress=not args.quiet, results_root=args.results_root, tag=args.tag or "",
-                 rerun=args.rerun)
+    run = attacked_model(cfg, _runtime(args))
+    r = burn_run(run, tag=args.tag or "", rerun=args.rerun)
     b = r["before"]
     print(f"{r['dataset']} | {cfg.attack.name} | Burn, {cfg.burn.iterations} iterations")
     print(f"before: ACC {b['acc']:.4f}  ASR {b['asr']:.4f}  RA {b['ra']:.4f}")
@@ -118,9 +130,8 @@ def cmd_regime(args) -> int:
     from .provenance import save_figure, save_table
     from .studies import regime_csv_path, regime_study
 
-    df = regime_study(args.spec, run=args.run, include_gpu=args.include_gpu, only=args.only,
-                      data_root=args.data_root, results_root=args.results_root,
-                      progress=not args.quiet)
+    df = regime_study(args.spec, _runtime(args), run=args.run, include_gpu=args.include_gpu,
+                      only=args.only)
     csv = regime_csv_path(args.spec, args.results_root)
     save_table(df, csv, config={"spec": str(args.spec)}, inputs=[args.spec])
     preset, dataset, attack = csv.parts[-4:-1]
@@ -193,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-gpu", action="store_true", help="also run regimes marked `needs: gpu`")
     p.add_argument("--data-root")
     p.add_argument("--results-root")
-    p.add_argument("--quiet", action="store_true")
+    _runtime_args(p)
     p.set_defaults(func=cmd_regime)
 
     p = sub.add_parser("config", help="print the resolved config of a preset with overrides")

@@ -284,12 +284,32 @@ def load_synthetic(root=None, *, download: bool = False, n_train=1000, n_test=50
     return (ImageDataset(xa, ya, classes, "synthetic"), ImageDataset(xb, yb, classes, "synthetic"))
 
 
-LOADERS = {
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-    "tiny": load_tiny_imagenet,
-    "synthetic": load_synthetic,
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How a dataset is loaded and transformed, as BackdoorBench's
+    ``utils/aggregate_block/dataset_and_transform_generate.py`` does: its normalization
+    constants (the model's first layer) and whether training flips horizontally (CIFAR-10
+    only; every dataset gets the random crop)."""
+
+    loader: object
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    flip: bool
+
+
+DATASETS = {
+    "cifar10": DatasetSpec(load_cifar10, (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261), True),
+    "cifar100": DatasetSpec(load_cifar100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), False),
+    "tiny": DatasetSpec(load_tiny_imagenet, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), False),
+    # not BackdoorBench's: CIFAR-10's settings, so the smoke preset exercises the same code
+    "synthetic": DatasetSpec(load_synthetic, (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261), True),
 }
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name]
 
 
 def stratified_subset(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
@@ -310,8 +330,6 @@ def stratified_subset(ds: ImageDataset, n: int | None, seed: int) -> ImageDatase
 
 def load_dataset(cfg: DataCfg, root=None, *, download: bool = False, seed: int = 0):
     """Load ``cfg.dataset`` and apply the preset's subset limits."""
-    if cfg.dataset not in LOADERS:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {sorted(LOADERS)}")
-    train, test = LOADERS[cfg.dataset](root, download=download)
+    train, test = dataset_spec(cfg.dataset).loader(root, download=download)
     return (stratified_subset(train, cfg.limit_train, seed),
             stratified_subset(test, cfg.limit_test, seed + 1))

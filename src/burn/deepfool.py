@@ -206,11 +206,11 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def _run_batches(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, start: int, stop: int,
-                 bar) -> DeepFoolResult:
+                 bar, batch_size: int) -> DeepFoolResult:
     device, dtype = _model_device_dtype(model)
     parts = []
-    for s in range(start, stop, cfg.batch_size):
-        x = images[s:min(s + cfg.batch_size, stop)]
+    for s in range(start, stop, batch_size):
+        x = images[s:min(s + batch_size, stop)]
         x = x.to(device).to(dtype).div_(255.0) if x.dtype == torch.uint8 else x.to(device)
         res = deepfool(model, x, num_candidates=cfg.num_candidates, overshoot=cfg.overshoot,
                        max_iter=cfg.max_iter, step_eps=cfg.step_eps, keep_x_adv=False)
@@ -220,14 +220,15 @@ def _run_batches(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, start: int,
 
 
 def deepfool_dataset(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, *,
-                     progress: bool = True) -> DeepFoolResult:
+                     batch_size: int = 256, progress: bool = True) -> DeepFoolResult:
     """DeepFool over ``images`` (uint8 (N, C, H, W), scaled to [0, 1] per batch, or float) in
-    batches of ``cfg.batch_size`` on the model's device, clipped to [0, 1]. Results are on the
-    CPU; ``x_adv`` is not kept."""
+    batches of ``batch_size`` on the model's device, clipped to [0, 1]. Each sample's attack
+    is independent of its batch, so ``batch_size`` changes speed, not results. Results are on
+    the CPU; ``x_adv`` is not kept."""
     n = len(images)
-    with tqdm(total=math.ceil(n / cfg.batch_size), desc="deepfool", disable=not progress,
+    with tqdm(total=math.ceil(n / batch_size), desc="deepfool", disable=not progress,
               leave=False) as bar:
-        return _run_batches(model, images, cfg, 0, n, bar)
+        return _run_batches(model, images, cfg, 0, n, bar, batch_size)
 
 
 def _fingerprint(images: Tensor) -> str:
@@ -240,12 +241,12 @@ def _fingerprint(images: Tensor) -> str:
 
 
 def cached_deepfool(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, *, key: str,
-                    progress: bool = True) -> DeepFoolResult:
+                    batch_size: int = 256, progress: bool = True) -> DeepFoolResult:
     """``deepfool_dataset`` with a cache under ``run_dir("deepfool", config_hash(key, cfg,
     DEEPFOOL_VERSION))``. ``key`` identifies the frozen model and the data (e.g. the attack
     stage's config hash). Partial results are saved every ``CHUNK_BATCHES`` batches, so an
     interrupted run resumes at the first missing chunk; a finished run is loaded."""
-    d = run_dir("deepfool", config_hash(key, cfg, DEEPFOOL_VERSION))
+    d = run_dir("deepfool", config_hash(key, cfg, DEEPFOOL_VERSION, batch_size))
     fp = _fingerprint(images)
     result_path, done_path = d / "result.pt", d / "done"
     if done_path.is_file() and result_path.is_file():
@@ -256,22 +257,22 @@ def cached_deepfool(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, *, key: 
         return DeepFoolResult(**saved["result"])
 
     n = len(images)
-    chunk = CHUNK_BATCHES * cfg.batch_size
+    chunk = CHUNK_BATCHES * batch_size
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-    n_batches = math.ceil(n / cfg.batch_size)
+    n_batches = math.ceil(n / batch_size)
     parts: list[DeepFoolResult | None] = []
     for s, e in bounds:
         p = d / f"part_{s:08d}_{e:08d}.pt"
         saved = load_torch(p) if p.is_file() else None
         parts.append(DeepFoolResult(**saved["result"])
                      if saved is not None and saved["fingerprint"] == fp else None)
-    done_batches = sum(math.ceil((e - s) / cfg.batch_size)
+    done_batches = sum(math.ceil((e - s) / batch_size)
                        for (s, e), part in zip(bounds, parts) if part is not None)
     with tqdm(total=n_batches, initial=done_batches, desc="deepfool", disable=not progress,
               leave=False) as bar:
         for i, (s, e) in enumerate(bounds):
             if parts[i] is None:
-                parts[i] = _run_batches(model, images, cfg, s, e, bar)
+                parts[i] = _run_batches(model, images, cfg, s, e, bar, batch_size)
                 save_torch({"fingerprint": fp, "result": parts[i].tensors()},
                            d / f"part_{s:08d}_{e:08d}.pt")
     result = DeepFoolResult.cat(parts)

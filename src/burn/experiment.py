@@ -23,10 +23,11 @@ from .atomic import atomic_path
 from .attacks import Attack, PoisonedDataset, make_attack
 from .cache import config_hash, load_torch, run_dir, save_torch, write_json
 from .config import PROJECT_ROOT, BurnCfg, ExperimentCfg, from_dict, to_dict
-from .data import ImageDataset, load_dataset
+from .data import ImageDataset, dataset_spec, load_dataset
 from .metrics import evaluate
 from .models import create_model
 from .provenance import provenance
+from .runtime import Runtime
 from .train import train_model
 
 ATTACK_STAGE_VERSION = 1
@@ -46,6 +47,7 @@ class AttackRun:
     poisoned_test: ImageDataset
     record: dict  # the content of none.json
     results_dir: Path
+    runtime: Runtime = Runtime()
 
 
 def results_dir(cfg: ExperimentCfg, root: Path | None = None) -> Path:
@@ -65,17 +67,22 @@ def _load_half_state(model: nn.Module, state: dict) -> None:
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
 
 
-def build_model(cfg: ExperimentCfg, num_classes: int) -> nn.Module:
-    """The seeded, untrained model of ``cfg``."""
+def build_model(cfg: ExperimentCfg, num_classes: int, runtime: Runtime = Runtime()) -> nn.Module:
+    """The seeded, untrained model of ``cfg``, on the runtime's device and memory format."""
     with torch.random.fork_rng():
         torch.manual_seed(cfg.train.seed)
-        model = create_model(cfg.model.arch, num_classes, cfg.model.width, cfg.data.dataset)
-    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+        model = create_model(cfg.model.arch, num_classes, cfg.model.width, cfg.data.dataset,
+                             final_bn_relu=cfg.model.final_bn_relu)
+    model = model.to(runtime.torch_device())
+    if runtime.use_channels_last(cfg.model.width):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
-def prepare_data(cfg: ExperimentCfg, *, data_root=None, download=False):
+def prepare_data(cfg: ExperimentCfg, runtime: Runtime = Runtime()):
     """Load data, fit the attack and poison train and test sets (all deterministic)."""
-    train, test = load_dataset(cfg.data, data_root, download=download, seed=cfg.train.seed)
+    train, test = load_dataset(cfg.data, runtime.data_root, download=runtime.download,
+                               seed=cfg.train.seed)
     attack = make_attack(cfg.attack)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     attack = attack.fit(train, generator=gen)
@@ -88,37 +95,54 @@ def attack_key(cfg: ExperimentCfg, data_name: str) -> str:
                        cfg.attack)
 
 
-def attacked_model(cfg: ExperimentCfg, *, data_root=None, download: bool = False,
-                   retrain: bool = False, results_root: Path | None = None,
-                   progress: bool = True) -> AttackRun:
-    attack, poisoned, test, poisoned_test = prepare_data(cfg, data_root=data_root, download=download)
-    key = attack_key(cfg, poisoned.name)
-    out = results_dir(cfg, results_root)
-    model = build_model(cfg, len(poisoned.classes))
+def _load_committed(cfg, model, out: Path, key: str) -> dict | None:
+    """The stored record of ``out`` with its weights loaded into ``model``, or None if there
+    is none; a model of another config is refused."""
     record_path, model_path = out / "none.json", out / "model.pt"
-    if not retrain and model_path.is_file() and record_path.is_file():
-        saved = load_torch(model_path)
-        if saved.get("config_hash") == key:
-            _load_half_state(model, saved["state_dict"])
-            record = json.loads(record_path.read_text())
-            return AttackRun(cfg, key, model.eval(), attack, poisoned, test, poisoned_test, record, out)
+    if not (model_path.is_file() and record_path.is_file()):
+        return None
+    saved = load_torch(model_path)
+    if saved.get("config_hash") != key:
         raise ResultsConflictError(
             f"{model_path} holds a model of another config (hash {saved.get('config_hash')}, "
             f"this run: {key}). Pass --variant NAME (config key `variant`) to keep both, or "
             "--retrain to replace it.")
+    _load_half_state(model, saved["state_dict"])
+    return json.loads(record_path.read_text())
 
+
+def attacked_model(cfg: ExperimentCfg, runtime: Runtime = Runtime(), *,
+                   retrain: bool = False) -> AttackRun:
+    """The attacked model of ``cfg``: the committed one when its key matches, else trained
+    (resuming from the run cache) and written with its record."""
+    runtime.apply()
+    attack, poisoned, test, poisoned_test = prepare_data(cfg, runtime)
+    key = attack_key(cfg, poisoned.name)
+    out = results_dir(cfg, runtime.results_root)
+    model = build_model(cfg, len(poisoned.classes), runtime)
+    record = None if retrain else _load_committed(cfg, model, out, key)
+    if record is None:
+        record = _train_attacked(cfg, runtime, model, attack, poisoned, test, poisoned_test, key,
+                                 out, retrain)
+    return AttackRun(cfg, key, model.eval(), attack, poisoned, test, poisoned_test, record, out,
+                     runtime)
+
+
+def _train_attacked(cfg, runtime, model, attack, poisoned, test, poisoned_test, key, out,
+                    retrain) -> dict:
     cache = run_dir("attack", key)
     ckpt = cache / "checkpoint.pt"
     # A partly trained run committed from another machine (results/.../checkpoint-<key>.pt,
-    # see README) resumes here; the run cache outside the repository may be gone.
+    # see results/README.md) resumes here; the run cache outside the repository may be gone.
     shipped = out / f"checkpoint-{key}.pt"
     if retrain and ckpt.exists():
         ckpt.unlink()
     if not retrain and not ckpt.exists() and shipped.is_file():
         shutil.copyfile(shipped, ckpt)
     t0 = time.perf_counter()
-    history = train_model(model, poisoned.images, poisoned.labels, cfg.train, checkpoint=ckpt,
-                          progress=progress)
+    history = train_model(model, poisoned.images, poisoned.labels, cfg.train,
+                          flip=dataset_spec(cfg.data.dataset).flip, checkpoint=ckpt,
+                          progress=runtime.progress)
     wall = time.perf_counter() - t0
     history_wall = sum(h["epoch_s"] for h in history)  # includes epochs of interrupted sessions
     # Metrics are measured on the float16 weights that are committed, so the committed model
@@ -127,12 +151,14 @@ def attacked_model(cfg: ExperimentCfg, *, data_root=None, download: bool = False
     _load_half_state(model, state)
     model.eval()
     metrics = evaluate(model, test, poisoned_test, cfg.attack.target)
+    target_poisoned = poisoned.poison_mask & (poisoned.original_labels == cfg.attack.target)
     record = {
         **metrics,
         "dataset": poisoned.name,
         "attack": attack.describe(),
         "num_train": len(poisoned),
         "num_poisoned": int(poisoned.poison_mask.sum()),
+        "num_poisoned_target_class": int(target_poisoned.sum()),
         "num_test": len(test),
         "num_poisoned_test": len(poisoned_test),
         "wall_s": round(history_wall, 1),
@@ -140,12 +166,12 @@ def attacked_model(cfg: ExperimentCfg, *, data_root=None, download: bool = False
         "config_hash": key,
         "config": to_dict(cfg),
         "history": history,
-        **provenance(),
+        **provenance(runtime),
     }
-    save_torch({"config_hash": key, "config": to_dict(cfg), "state_dict": state}, model_path)
-    write_json(record_path, record)
+    save_torch({"config_hash": key, "config": to_dict(cfg), "state_dict": state}, out / "model.pt")
+    write_json(out / "none.json", record)
     shipped.unlink(missing_ok=True)  # superseded by model.pt
-    return AttackRun(cfg, key, model, attack, poisoned, test, poisoned_test, record, out)
+    return record
 
 
 def attack_by_class(run: AttackRun):
@@ -196,7 +222,7 @@ def _save_distances(path: Path, key: str, wall: float, res, **extra) -> dict:
     return out | extra | {"key": key, "wall_s": wall}
 
 
-def boundary_distances(run: AttackRun, *, progress: bool = True) -> dict:
+def boundary_distances(run: AttackRun) -> dict:
     """DeepFool distances of the frozen attacked model on its whole (poisoned) training set.
 
     Committed beside the model as ``deepfool.npz`` (a few hundred KB) and reused when its key
@@ -212,11 +238,12 @@ def boundary_distances(run: AttackRun, *, progress: bool = True) -> dict:
     if saved is not None:
         return saved
     t0 = time.perf_counter()
-    res = cached_deepfool(run.model, run.poisoned.images, cfg, key=run.key, progress=progress)
+    res = cached_deepfool(run.model, run.poisoned.images, cfg, key=run.key,
+                          batch_size=run.runtime.deepfool_batch_size(), progress=run.runtime.progress)
     return _save_distances(path, key, time.perf_counter() - t0, res)
 
 
-def subset_distances(run: AttackRun, index: torch.Tensor, *, name: str, progress: bool = True) -> dict:
+def subset_distances(run: AttackRun, index: torch.Tensor, *, name: str) -> dict:
     """DeepFool distances of the frozen model of ``run`` on the training samples ``index``
     only (a few hundred or thousand: Table 1's clean-model reference, the far-tail check of
     Fig. 5), committed beside the model as ``deepfool_<name>.npz`` and reused while the model,
@@ -232,7 +259,8 @@ def subset_distances(run: AttackRun, index: torch.Tensor, *, name: str, progress
     if saved is not None:
         return saved
     t0 = time.perf_counter()
-    res = deepfool_dataset(run.model, run.poisoned.images[index], cfg, progress=progress)
+    res = deepfool_dataset(run.model, run.poisoned.images[index], cfg,
+                           batch_size=run.runtime.deepfool_batch_size(), progress=run.runtime.progress)
     return _save_distances(path, key, time.perf_counter() - t0, res, index=index)
 
 
@@ -249,8 +277,8 @@ def matching_burn_record(paths, attack_key: str, burn_cfg) -> dict | None:
     return None
 
 
-def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None = None,
-             out_dir: Path | None = None, tag: str = "", rerun: bool = False) -> dict:
+def burn_run(run: AttackRun, *, out_dir: Path | None = None, tag: str = "",
+             rerun: bool = False) -> dict:
     """Burn on an attacked model; writes ``burn.json`` (none.json's fields + the report) to
     ``out_dir`` (default: the attacked model's results folder); with ``tag`` (a run with
     non-default Burn options), ``burn_<tag>.json`` instead, so the paper's default stays.
@@ -258,9 +286,9 @@ def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None
     is (``rerun`` computes it again)."""
     from .defenses.burn import defend
 
-    bd = boundary_distances(run, progress=progress)
+    bd = boundary_distances(run)
     key = config_hash("burn", run.key, bd["key"], run.cfg.burn)
-    out = Path(out_dir or (results_dir(run.cfg, results_root) if results_root else run.results_dir))
+    out = Path(out_dir or run.results_dir)
     path = out / (f"burn_{tag}.json" if tag else "burn.json")
     if not rerun and path.is_file():
         saved = json.loads(path.read_text())
@@ -276,7 +304,7 @@ def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None
                               norms=bd["norms"], adv_labels=bd["adv_labels"].long(),
                               poison_mask=run.poisoned.poison_mask,
                               original_labels=run.poisoned.original_labels,
-                              evaluate=evaluate_fn, progress=progress)
+                              evaluate=evaluate_fn, progress=run.runtime.progress)
     wall = time.perf_counter() - t0
     final = report.iterations[-1]
     mask = run.poisoned.poison_mask
@@ -297,7 +325,7 @@ def burn_run(run: AttackRun, *, progress: bool = True, results_root: Path | None
         "config_hash": key,
         "attack_config_hash": run.key,
         "config": to_dict(run.cfg),
-        **provenance(),
+        **provenance(run.runtime),
     }
     write_json(path, record)
     return record

@@ -3,6 +3,11 @@
 Inputs are images in [0, 1]: normalization is the model's first layer, so DeepFool's
 perturbations and their L2 norms live in pixel space. ``features(x)`` returns the penultimate
 (pooled) representation used by Fig. 1.
+
+The default is BackdoorBench's ``models/preact_resnet.py``: layer4's output goes straight to
+the average pool and the linear layer, so features can be negative. ``final_bn_relu=True``
+adds a BatchNorm + ReLU before the pool (the common pre-activation variant); the repository's
+results before the re-baseline (presets ``cpu-w16``, ``cpu-w32``, the regime variants) used it.
 """
 
 from __future__ import annotations
@@ -11,11 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# BackdoorBench's CIFAR normalization constants.
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.247, 0.243, 0.261)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Normalize(nn.Module):
@@ -48,8 +48,8 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(nn.Module):
-    def __init__(self, num_blocks, num_classes: int = 10, width: int = 64,
-                 mean=CIFAR_MEAN, std=CIFAR_STD):
+    def __init__(self, num_blocks, num_classes: int, width: int, mean, std,
+                 final_bn_relu: bool = False):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
@@ -60,25 +60,26 @@ class PreActResNet(nn.Module):
                 layers.append(PreActBlock(in_planes, planes, stride=2 if (i > 0 and j == 0) else 1))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
-        self.bn = nn.BatchNorm2d(in_planes)
+        self.bn = nn.BatchNorm2d(in_planes) if final_bn_relu else None
         self.linear = nn.Linear(in_planes, num_classes)
         self.num_classes = num_classes
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate representation: pooled activations fed to the last linear layer."""
         out = self.layers(self.conv1(self.normalize(x)))
-        out = F.relu(self.bn(out))
+        if self.bn is not None:
+            out = F.relu(self.bn(out))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(self.features(x))
 
 
-def preactresnet18(num_classes=10, width=64, **kw):
+def preactresnet18(num_classes: int, width: int, **kw) -> PreActResNet:
     return PreActResNet([2, 2, 2, 2], num_classes, width, **kw)
 
 
-def preactresnet34(num_classes=10, width=64, **kw):
+def preactresnet34(num_classes: int, width: int, **kw) -> PreActResNet:
     return PreActResNet([3, 4, 6, 3], num_classes, width, **kw)
 
 
@@ -97,8 +98,13 @@ def to_model_format(model: nn.Module, x: Tensor) -> Tensor:
 MODELS = {"preactresnet18": preactresnet18, "preactresnet34": preactresnet34}
 
 
-def create_model(arch: str, num_classes: int, width: int = 64, dataset: str = "cifar10") -> nn.Module:
+def create_model(arch: str, num_classes: int, width: int = 64, dataset: str = "cifar10",
+                 final_bn_relu: bool = False) -> nn.Module:
+    """A model of ``MODELS`` whose first layer normalizes with ``dataset``'s constants."""
+    from .data import dataset_spec
+
     if arch not in MODELS:
         raise ValueError(f"unknown model {arch!r}; choose one of {sorted(MODELS)}")
-    stats = (IMAGENET_MEAN, IMAGENET_STD) if dataset == "tiny" else (CIFAR_MEAN, CIFAR_STD)
-    return MODELS[arch](num_classes=num_classes, width=width, mean=stats[0], std=stats[1])
+    spec = dataset_spec(dataset)
+    return MODELS[arch](num_classes=num_classes, width=width, mean=spec.mean, std=spec.std,
+                        final_bn_relu=final_bn_relu)

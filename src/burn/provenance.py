@@ -60,9 +60,17 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def provenance() -> dict:
-    return {"git": git_commit(), "versions": versions(), "machine": machine(),
-            "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+def provenance(runtime=None) -> dict:
+    """Commit, versions, machine and time; with ``runtime`` (a ``burn.runtime.Runtime``), the
+    speed-only settings the run used (device, memory format, DeepFool batch), which no config
+    hash contains."""
+    out = {"git": git_commit(), "versions": versions(), "machine": machine(),
+           "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if runtime is not None:
+        out["runtime"] = {"device": str(runtime.torch_device()), "threads": runtime.threads,
+                          "channels_last": runtime.channels_last,
+                          "deepfool_batch": runtime.deepfool_batch_size()}
+    return out
 
 
 def _sidecar(path, config, inputs) -> None:

@@ -4,7 +4,7 @@ issue (which training regime, if any, makes Burn's distance-based selection work
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -68,29 +68,29 @@ def regime_row(cfg, regime: Regime, results_root=None) -> dict:
     return row
 
 
-def tail_overlap_row(cfg, results_root=None, data_root=None) -> dict:
+def tail_overlap_row(cfg, runtime) -> dict:
     """The regime's ``analysis.tail_overlap`` (does the poison reach the clean samples' far
     tail, where Burn selects?) from its committed model and distances; {} while its DeepFool
     distances are not committed (this never starts a DeepFool run)."""
     from .analysis import tail_overlap
     from .experiment import _load_distances, attacked_model, results_dir
 
-    d = results_dir(cfg, results_root)
+    d = results_dir(cfg, runtime.results_root)
     if not (d / "burn.json").is_file():
         return {}
     # the distances Burn used, as committed; None if missing or of another model/config
     bd = _load_distances(d / "deepfool.npz", json.loads((d / "burn.json").read_text())["deepfool"]["key"])
     if bd is None:
         return {}
-    run = attacked_model(cfg, data_root=data_root, results_root=results_root, progress=False)
+    run = attacked_model(cfg, replace(runtime, progress=False))
     t = tail_overlap(bd["norms"], run.poisoned.poison_mask)
     return {"clean_q995": t["clean_at_q"], "poisoned_median": t["poisoned_median"],
             "poisoned_beyond_clean_q995": t["poisoned_beyond_clean_q"],
             "precision_beyond_clean_q995": t["precision_beyond_clean_q"]}
 
 
-def regime_study(path, *, run: bool = False, include_gpu: bool = False, only: list[str] | None = None,
-                 data_root=None, results_root=None, progress: bool = True) -> pd.DataFrame:
+def regime_study(path, runtime, *, run: bool = False, include_gpu: bool = False,
+                 only: list[str] | None = None) -> pd.DataFrame:
     """With ``run``, train / DeepFool / Burn each selected regime that lacks results (each
     stage resumes from its cache); always return the table of what exists."""
     from .experiment import attack_by_class, attacked_model, burn_run
@@ -101,10 +101,10 @@ def regime_study(path, *, run: bool = False, include_gpu: bool = False, only: li
         cfg = regime_cfg(preset, attack, regime)
         selected = (only is None or (regime.name or preset) in only) and (regime.needs != "gpu" or include_gpu)
         if run and selected:
-            r = attacked_model(cfg, data_root=data_root, results_root=results_root, progress=progress)
+            r = attacked_model(cfg, runtime)
             attack_by_class(r)  # asr_by_class.csv beside none.json: where the trigger loses
-            burn_run(r, progress=progress, results_root=results_root)
-        rows.append(regime_row(cfg, regime, results_root) | tail_overlap_row(cfg, results_root, data_root))
+            burn_run(r)
+        rows.append(regime_row(cfg, regime, runtime.results_root) | tail_overlap_row(cfg, runtime))
     return pd.DataFrame(rows)
 
 

@@ -18,9 +18,10 @@ from .config import TrainCfg
 from .models import to_model_format
 
 
-def augment_batch(x: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
-    """Random crop (zero padding ``padding``) and horizontal flip, per sample, vectorized.
-    ``x``: (B, C, H, W) float."""
+def augment_batch(x: Tensor, generator: torch.Generator, padding: int = 4,
+                  flip: bool = True) -> Tensor:
+    """Random crop (zero padding ``padding``) and, with ``flip``, a random horizontal flip, per
+    sample, vectorized. ``x``: (B, C, H, W) float."""
     b, c, h, w = x.shape
     if padding > 0:
         padded = F.pad(x, (padding,) * 4)
@@ -29,8 +30,10 @@ def augment_batch(x: Tensor, generator: torch.Generator, padding: int = 4) -> Te
         rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
         x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    flip = torch.rand(b, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if not flip:
+        return x
+    flipped = torch.rand(b, generator=generator) < 0.5
+    return torch.where(flipped[:, None, None, None], x.flip(-1), x)
 
 
 def iterate_batches(n: int, batch_size: int, generator: torch.Generator):
@@ -41,7 +44,8 @@ def iterate_batches(n: int, batch_size: int, generator: torch.Generator):
 
 def run_epoch(model: nn.Module, optimizer, images: Tensor, labels: Tensor, *, batch_size: int,
               generator: torch.Generator, augment: bool, crop_padding: int = 4,
-              amp_bf16: bool = False, progress: bool = False, desc: str = "") -> float:
+              flip: bool = True, amp_bf16: bool = False, progress: bool = False,
+              desc: str = "") -> float:
     """One pass of cross-entropy training over ``images`` (uint8 or float in [0, 1]).
     Returns the mean training loss."""
     model.train()
@@ -54,7 +58,7 @@ def run_epoch(model: nn.Module, optimizer, images: Tensor, labels: Tensor, *, ba
         x = images[idx]
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
         if augment:
-            x = augment_batch(x, generator, crop_padding)
+            x = augment_batch(x, generator, crop_padding, flip)
         x = to_model_format(model, x.to(device, non_blocking=True))
         y = labels[idx].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_bf16):
@@ -69,12 +73,13 @@ def run_epoch(model: nn.Module, optimizer, images: Tensor, labels: Tensor, *, ba
 
 
 def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg, *,
-                checkpoint: Path | None = None, progress: bool = True,
+                flip: bool = True, checkpoint: Path | None = None, progress: bool = True,
                 on_epoch_end: Callable[[int, nn.Module], dict] | None = None,
                 stop_after: int | None = None) -> list[dict]:
     """Train ``model`` in place. With ``checkpoint``, state is saved after every epoch and a
     run interrupted at any point resumes from the last finished epoch. ``stop_after`` ends the
-    call after that many epochs (it simulates an interruption in tests). Returns the per-epoch
+    call after that many epochs (it simulates an interruption in tests). ``flip``: whether
+    augmentation flips (the dataset's setting, ``burn.data.DatasetSpec``). Returns the per-epoch
     history."""
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
@@ -95,7 +100,7 @@ def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg,
             break
         t0 = time.perf_counter()
         loss = run_epoch(model, opt, images, labels, batch_size=cfg.batch_size, generator=gen,
-                         augment=cfg.augment, crop_padding=cfg.crop_padding,
+                         augment=cfg.augment, crop_padding=cfg.crop_padding, flip=flip,
                          amp_bf16=cfg.amp_bf16, progress=progress, desc=f"epoch {epoch + 1}")
         sched.step()
         row = {"epoch": epoch + 1, "loss": loss, "lr": opt.param_groups[0]["lr"],

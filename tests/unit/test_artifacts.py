@@ -32,7 +32,7 @@ def test_ablation_reuses_the_default_burn_run(tmp_path):
                                         "config": to_dict(cfg), "report": {"iterations": [{"precision": 0.5}]}})
     run = SimpleNamespace(cfg=cfg, key="k", results_dir=tmp_path)  # no model: any rerun would fail
     df = ablation(run, alphas=(b.alpha_end,), betas=(b.beta_end,), fixed_alpha=b.alpha_end,
-                  fixed_beta=b.beta_end, progress=False)
+                  fixed_beta=b.beta_end)
     assert df[["varied", "acc", "asr", "precision_final"]].values.tolist() == [
         ["alpha", 0.7, 0.02, 0.5], ["beta", 0.7, 0.02, 0.5]]
 
@@ -45,6 +45,7 @@ def _tiny_run(tmp_path, model, name):
 
     from burn.attacks import PoisonedDataset
     from burn.config import load_preset
+    from burn.runtime import Runtime
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (200, 3, 4, 4), generator=g, dtype=torch.uint8)
@@ -54,7 +55,7 @@ def _tiny_run(tmp_path, model, name):
     poisoned = PoisonedDataset(images, labels, labels.clone(), mask, ("a", "b", "c"), "tiny")
     cfg = load_preset("smoke", {"attack": {"name": name}})
     return SimpleNamespace(cfg=cfg, key=f"tiny-{name}", model=model.eval(), poisoned=poisoned,
-                           results_dir=tmp_path / name)
+                           results_dir=tmp_path / name, runtime=Runtime(progress=False))
 
 
 def test_tail_under_the_same_model_is_the_same_tail(tmp_path):
@@ -67,7 +68,7 @@ def test_tail_under_the_same_model_is_the_same_tail(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
     run = _tiny_run(tmp_path, model, "badnets")
-    rows, summary = tail_under_clean_model(run, run, fraction=0.1, n_reference=100, progress=False)
+    rows, summary = tail_under_clean_model(run, run, fraction=0.1, n_reference=100)
     tail = rows[rows.group == "tail"]
     assert len(tail) == 20 and summary["n_tail"] == 20
     assert (tail.distance_clean_model - tail.distance_attacked).abs().max() < 1e-6
@@ -79,7 +80,7 @@ def test_tail_under_the_same_model_is_the_same_tail(tmp_path):
     assert (tail.clean_model_percentile >= 1 - in_tail - 1e-9).all()
     # the subset distances are committed beside the clean model and reused
     assert (tmp_path / "badnets" / "deepfool_tail_badnets.npz").is_file()
-    rows2, _ = tail_under_clean_model(run, run, fraction=0.1, n_reference=100, progress=False)
+    rows2, _ = tail_under_clean_model(run, run, fraction=0.1, n_reference=100)
     assert rows2.equals(rows)
 
 
@@ -92,7 +93,7 @@ def test_table1_clean_model_row(tmp_path):
     run = _tiny_run(tmp_path, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)), "badnets")
     clean = _tiny_run(tmp_path, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)), "clean")
     clean.poisoned.poison_mask[:] = False
-    df = table1_boundary_distance({"badnets": run}, n=50, clean_run=clean, progress=False)
+    df = table1_boundary_distance({"badnets": run}, n=50, clean_run=clean)
     assert df["attack"].tolist() == ["clean", "badnets"]
     c, b = df.iloc[0], df.iloc[1]
     assert c.model == "clean model" and c.n_clean == 50 and c.n_poisoned == 0 and c.mean_clean > 0
@@ -115,10 +116,10 @@ def test_unlearning_budget_keeps_each_measured_budget(tmp_path):
     imgs = torch.randint(0, 256, (30, 3, 4, 4), generator=g, dtype=torch.uint8)
     run.test = ImageDataset(imgs, torch.randint(0, 3, (30,), generator=g), ("a", "b", "c"), "tiny test")
     run.poisoned_test = ImageDataset(imgs[:10], torch.ones(10, dtype=torch.long), ("a", "b", "c"), "tiny pt")
-    df = unlearning_budget(run, budgets=(0, 5), n_clean=20, progress=False)
+    df = unlearning_budget(run, budgets=(0, 5), n_clean=20)
     assert df["n_poisoned"].tolist() == [0, 5] and df[["acc", "asr", "ra"]].stack().between(0, 1).all()
     assert df["label_is_true"].isna().tolist() == [True, False]
     assert (tmp_path / "badnets" / "unlearning_budget.json").is_file()
     run.model = None  # any fine-tuning now would fail
-    again = unlearning_budget(run, budgets=(0, 5), n_clean=20, progress=False)
+    again = unlearning_budget(run, budgets=(0, 5), n_clean=20)
     assert again.equals(df)

@@ -40,11 +40,16 @@ def test_blended_is_alpha_mix_with_hello_kitty():
 def test_poison_indices_labels_and_ratio():
     ds = _dataset()
     g = torch.Generator().manual_seed(0)
-    p = BadNets(target=3, rate=0.1).poison_train(ds, generator=g)
+    p = BadNets(target=3, rate=0.1, pool="non_target").poison_train(ds, generator=g)
     idx = p.poison_idx
     assert len(idx) == 20  # round(0.1 * 200)
     assert (p.original_labels[idx] != 3).all()  # drawn from non-target samples
     assert (p.labels[idx] == 3).all()
+    # BackdoorBench's pool (the default): any sample, so target-class images carry the trigger
+    # with their own label too
+    q = BadNets(target=3, rate=0.5).poison_train(ds, generator=torch.Generator().manual_seed(0))
+    assert len(q.poison_idx) == 100 and (q.original_labels[q.poison_idx] == 3).any()
+    assert (q.labels[q.poison_idx] == 3).all()
     assert torch.equal(p.original_labels, ds.labels)
     clean = ~p.poison_mask
     assert torch.equal(p.labels[clean], ds.labels[clean])

@@ -9,8 +9,10 @@ from burn.config import ConfigError, available_presets, load_preset
 def test_presets_exist_and_differ():
     assert {"smoke", "cpu", "cpu-w16", "paper"} <= set(available_presets())
     cpu, w16, paper = load_preset("cpu"), load_preset("cpu-w16"), load_preset("paper")
-    assert cpu.model.width == 32 and cpu.train.amp_bf16 and cpu.train.epochs == 20
+    assert cpu.model.width == 16 and cpu.train.amp_bf16 and cpu.train.epochs == 20
+    assert not cpu.model.final_bn_relu and cpu.attack.pool == "all"  # BackdoorBench's
     assert w16.model.width == 16 and not w16.train.amp_bf16 and w16.train.epochs == 20
+    assert w16.model.final_bn_relu and w16.attack.pool == "non_target"  # before the re-baseline
     assert paper.model.width == 64 and paper.train.epochs == 100
     assert paper.train.lr == 0.01 and paper.train.batch_size == 128 and paper.train.weight_decay == 5e-4
 
@@ -21,7 +23,8 @@ def test_result_keys_do_not_depend_on_the_presets_name():
     from burn.experiment import attack_key
 
     w16 = load_preset("cpu-w16")
-    same = load_preset("cpu", {"model": {"width": 16}, "train": {"amp_bf16": False}, "variant": "x"})
+    same = load_preset("cpu", {"model": {"final_bn_relu": True}, "train": {"amp_bf16": False},
+                               "attack": {"pool": "non_target"}, "variant": "x"})
     assert w16.preset != same.preset and w16.variant != same.variant
     assert attack_key(w16, "CIFAR-10") == attack_key(same, "CIFAR-10")
     assert attack_key(load_preset("cpu"), "CIFAR-10") != attack_key(w16, "CIFAR-10")
@@ -43,8 +46,8 @@ def test_cli_config_set_and_help(capsys):
     assert main(["config", "--preset", "smoke", "--attack", "blended", "--set", "train.epochs=7",
                  "--set", "attack.params.alpha=0.3"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["train"]["epochs"] == 7 and cfg["attack"] == {"name": "blended", "target": 0,
-                                                             "rate": 0.1, "params": {"alpha": 0.3}}
+    assert cfg["train"]["epochs"] == 7 and cfg["attack"] == {
+        "name": "blended", "target": 0, "rate": 0.1, "pool": "all", "params": {"alpha": 0.3}}
     with pytest.raises(SystemExit) as e:
         main(["attack", "--help"])
     assert e.value.code == 0

@@ -243,8 +243,8 @@ def test_channels_last_model(trained_cnn):
 def test_dataset_runner_scales_uint8(trained_cnn):
     x, _ = synthetic(20, seed=8)
     u8 = (x * 255).round().to(torch.uint8)
-    cfg = DeepFoolCfg(num_candidates=4, max_iter=20, batch_size=8)
-    r = deepfool_dataset(trained_cnn, u8, cfg, progress=False)
+    cfg = DeepFoolCfg(num_candidates=4, max_iter=20)
+    r = deepfool_dataset(trained_cnn, u8, cfg, batch_size=8, progress=False)
     ref = deepfool(trained_cnn, u8.float() / 255, num_candidates=4, max_iter=20)
     assert r.x_adv is None
     assert torch.equal(r.adv_labels, ref.adv_labels)
@@ -256,7 +256,7 @@ def test_empty_input(trained_cnn):
     r = deepfool(trained_cnn, torch.zeros(0, 3, 8, 8))
     assert len(r) == 0 and r.x_adv.shape == (0, 3, 8, 8)
     e = deepfool_dataset(trained_cnn, torch.zeros(0, 3, 8, 8, dtype=torch.uint8), DeepFoolCfg(),
-                         progress=False)
+                         batch_size=8, progress=False)
     assert len(e) == 0 and e.to_dict()["unconverged"] == 0
 
 
@@ -265,8 +265,8 @@ def test_cache_loads_and_resumes(trained_cnn, tmp_path, monkeypatch):
     monkeypatch.setattr(df, "CHUNK_BATCHES", 1)
     x, _ = synthetic(20, seed=9)
     u8 = (x * 255).round().to(torch.uint8)
-    cfg = DeepFoolCfg(num_candidates=4, max_iter=20, batch_size=8)  # 3 chunks: 8, 8, 4
-    expected = deepfool_dataset(trained_cnn, u8, cfg, progress=False)
+    cfg = DeepFoolCfg(num_candidates=4, max_iter=20)  # 3 chunks: 8, 8, 4
+    expected = deepfool_dataset(trained_cnn, u8, cfg, batch_size=8, progress=False)
 
     # Interrupt a run after its first chunk.
     calls = []
@@ -280,7 +280,7 @@ def test_cache_loads_and_resumes(trained_cnn, tmp_path, monkeypatch):
 
     monkeypatch.setattr(df, "_run_batches", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        cached_deepfool(trained_cnn, u8, cfg, key="m1", progress=False)
+        cached_deepfool(trained_cnn, u8, cfg, key="m1", batch_size=8, progress=False)
     parts = sorted(tmp_path.rglob("part_*.pt"))
     assert len(parts) == 1 and not list(tmp_path.rglob("done"))
 
@@ -292,7 +292,7 @@ def test_cache_loads_and_resumes(trained_cnn, tmp_path, monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(df, "_run_batches", counting)
-    r = cached_deepfool(trained_cnn, u8, cfg, key="m1", progress=False)
+    r = cached_deepfool(trained_cnn, u8, cfg, key="m1", batch_size=8, progress=False)
     assert resumed == [(8, 16), (16, 20)]
     for name, v in expected.tensors().items():
         assert torch.equal(getattr(r, name), v), name
@@ -300,10 +300,10 @@ def test_cache_loads_and_resumes(trained_cnn, tmp_path, monkeypatch):
 
     # Complete: loaded, nothing computed, identical.
     resumed.clear()
-    again = cached_deepfool(trained_cnn, u8, cfg, key="m1", progress=False)
+    again = cached_deepfool(trained_cnn, u8, cfg, key="m1", batch_size=8, progress=False)
     assert resumed == []
     for name, v in r.tensors().items():
         assert torch.equal(getattr(again, name), v), name
     # Other data under the same key is an error, not a silent reuse.
     with pytest.raises(ValueError, match="other images"):
-        cached_deepfool(trained_cnn, u8.flip(0), cfg, key="m1", progress=False)
+        cached_deepfool(trained_cnn, u8.flip(0), cfg, key="m1", batch_size=8, progress=False)

@@ -34,7 +34,7 @@ ATTACKS: dict[str, type[Attack]] = {"clean": NoAttack, "badnets": BadNets, "blen
 def make_attack(cfg: AttackCfg) -> Attack:
     if cfg.name not in ATTACKS:
         raise ValueError(f"unknown attack {cfg.name!r}; choose one of {sorted(ATTACKS)}")
-    return ATTACKS[cfg.name](target=cfg.target, rate=cfg.rate, **cfg.params)
+    return ATTACKS[cfg.name](target=cfg.target, rate=cfg.rate, pool=cfg.pool, **cfg.params)
 
 
 __all__ = ["ATTACKS", "Attack", "BadNets", "Blended", "NoAttack", "PoisonedDataset",

@@ -57,13 +57,19 @@ def to_uint8(x: Tensor) -> Tensor:
     return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
+POOLS = ("all", "non_target")
+
+
 @dataclass(frozen=True)
 class Attack:
-    """All-to-one backdoor attack. ``rate`` is the poisoned fraction of the whole training set,
-    drawn from samples whose label is not ``target`` (BackdoorBench's convention)."""
+    """All-to-one backdoor attack. ``rate`` is the poisoned fraction of the whole training set.
+    ``pool`` says which samples may carry the trigger: ``all`` (BackdoorBench's
+    ``utils/backdoor_generate_poison_index.py``: about ``rate`` of the target class too, which
+    keep their own label) or ``non_target``. Clean-label attacks always draw from the target."""
 
     target: int = 0
     rate: float = 0.1
+    pool: str = "all"
 
     name = "attack"
     clean_label = False
@@ -77,7 +83,14 @@ class Attack:
 
     def select_poison(self, labels: Tensor, *, generator: torch.Generator) -> Tensor:
         """Indices to poison: ``round(rate * N)`` among the eligible samples."""
-        eligible = (labels == self.target) if self.clean_label else (labels != self.target)
+        if self.pool not in POOLS:
+            raise ValueError(f"attack.pool must be one of {list(POOLS)}, got {self.pool!r}")
+        if self.clean_label:
+            eligible = labels == self.target
+        elif self.pool == "all":
+            eligible = torch.ones_like(labels, dtype=torch.bool)
+        else:
+            eligible = labels != self.target
         pool = eligible.nonzero().squeeze(1)
         n = round(self.rate * len(labels))
         if n > len(pool):
