@@ -1,0 +1,136 @@
+"""Re-key the results committed before the re-baseline on BackdoorBench's setting (2026-11-28).
+
+The re-baseline changed the config schema, and so every config hash: ``model.final_bn_relu``
+and ``attack.pool`` were added (the earlier results used a final BatchNorm-ReLU and the
+non-target pool, which their presets now set explicitly), ``train.channels_last`` and
+``deepfool.batch_size`` moved to the runtime (speed only, outside every hash). The models,
+distances and Burn runs themselves are unchanged; only their keys are.
+
+For every committed folder this script recomputes the old key from the stored config (and
+checks that it equals the stored one, so nothing is re-keyed on a guess), computes the new key
+with the current code from the same settings, and rewrites the keys in place: ``model.pt``,
+``none.json``, ``deepfool*.npz``, ``burn*.json``, ``unlearning_budget.json``, the sidecars, and
+the ablation folder names. Run once: ``python experiments/migrations/rebaseline_keys.py``.
+It refuses to run on results that are already re-keyed (their stored keys are new keys).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from burn.atomic import atomic_path, write_text
+from burn.cache import config_hash, load_torch, save_torch
+from burn.config import PROJECT_ROOT, BurnCfg, DeepFoolCfg, ExperimentCfg, from_dict
+from burn.deepfool import DEEPFOOL_VERSION
+from burn.experiment import ATTACK_STAGE_VERSION, attack_key
+
+RESULTS = PROJECT_ROOT / "results"
+
+
+def new_cfg(old: dict) -> ExperimentCfg:
+    """The stored (old-schema) config in the new schema, with the earlier results' settings."""
+    c = json.loads(json.dumps(old))
+    c["model"].setdefault("final_bn_relu", True)
+    c["attack"].setdefault("pool", "non_target")
+    c["train"].pop("channels_last", None)
+    c["deepfool"].pop("batch_size", None)
+    return from_dict(ExperimentCfg, c)
+
+
+def old_attack_key(old: dict, data_name: str) -> str:
+    return config_hash("attack", ATTACK_STAGE_VERSION, data_name, old["data"], old["model"],
+                       old["train"], old["attack"])
+
+
+def folder_keys(folder: Path, mapping: dict) -> None:
+    """Add this folder's old -> new keys (attack, DeepFool, subsets, Burn, ablation, Fig. 6)."""
+    rec = json.loads((folder / "none.json").read_text())
+    old, data_name = rec["config"], rec["dataset"]
+    ok = old_attack_key(old, data_name)
+    assert ok == rec["config_hash"], (folder, ok, rec["config_hash"])
+    cfg = new_cfg(old)
+    nk = attack_key(cfg, data_name)
+    mapping[ok] = nk
+    old_df = old["deepfool"]
+    odk = config_hash("deepfool", DEEPFOOL_VERSION, ok, old_df)
+    ndk = config_hash("deepfool", DEEPFOOL_VERSION, nk, cfg.deepfool)
+    mapping[odk] = ndk
+    for npz in folder.glob("deepfool_*.npz"):
+        with np.load(npz) as z:
+            index = z["index"].tolist()
+            stored = str(z["key"])
+        o = config_hash("deepfool-subset", DEEPFOOL_VERSION, ok, old_df, index)
+        assert o == stored, (npz, o, stored)
+        mapping[o] = config_hash("deepfool-subset", DEEPFOOL_VERSION, nk, cfg.deepfool, index)
+    for f in [*folder.glob("burn*.json"), *folder.glob("ablation/*/burn.json")]:
+        b = json.loads(f.read_text())
+        bc = from_dict(BurnCfg, b["config"]["burn"])
+        o = config_hash("burn", ok, b["deepfool"]["key"], bc)
+        assert o == b["config_hash"] and b["deepfool"]["key"] == odk, f
+        mapping[o] = config_hash("burn", nk, ndk, bc)
+        if f.parent.parent.name == "ablation":
+            mapping[config_hash(ok, bc)] = config_hash(nk, bc)
+    budget = folder / "unlearning_budget.json"
+    if budget.is_file():
+        for k, row in json.loads(budget.read_text()).items():
+            bc = from_dict(BurnCfg, old["burn"])
+            parts = (row["n_poisoned"], row["n_clean"], row["labels"], 0)
+            o = config_hash("unlearning-budget", ok, odk, bc, *parts)
+            assert o == k, (budget, k)
+            mapping[o] = config_hash("unlearning-budget", nk, ndk, bc, *parts)
+
+
+def rewrite(folder_root: Path, mapping: dict) -> int:
+    """Replace every old key by its new key in the files under ``folder_root``."""
+    n = 0
+    for f in sorted(folder_root.rglob("*")):
+        if f.suffix == ".json" or f.name.endswith(".csv.json") or f.suffix == ".md":
+            text = f.read_text()
+            new = text
+            for o, k in mapping.items():
+                new = new.replace(o, k)
+            if new != text:
+                write_text(f, new)
+                n += 1
+        elif f.suffix == ".npz":
+            with np.load(f) as z:
+                arrays = {k: z[k] for k in z.files}
+            if str(arrays["key"]) in mapping:
+                arrays["key"] = np.array(mapping[str(arrays["key"])])
+                with atomic_path(f, suffix=".npz") as tmp:
+                    np.savez_compressed(tmp, **arrays)
+                n += 1
+        elif f.name == "model.pt":
+            saved = load_torch(f)
+            if saved["config_hash"] in mapping:
+                saved["config_hash"] = mapping[saved["config_hash"]]
+                saved["config"] = json.loads(json.dumps(saved["config"]))
+                save_torch(saved, f)
+                n += 1
+    for d in sorted(folder_root.rglob("ablation/*")):
+        if d.is_dir() and d.name in mapping:
+            shutil.move(d, d.with_name(mapping[d.name]))
+            n += 1
+    return n
+
+
+def main() -> int:
+    folders = sorted(p.parent for p in RESULTS.glob("cpu-w16/**/none.json"))
+    mapping: dict[str, str] = {}
+    for folder in folders:
+        folder_keys(folder, mapping)
+    assert not set(mapping) & set(mapping.values()), "old and new keys collide"
+    print(f"{len(folders)} model folders, {len(mapping)} keys")
+    print(f"rewrote {rewrite(RESULTS / 'cpu-w16', mapping)} files")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    sys.exit(main())
