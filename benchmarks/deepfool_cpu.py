@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from burn.cache import load_torch, write_json
 from burn.config import PROJECT_ROOT, load_preset, to_dict
+from burn.runtime import Runtime
 from burn.deepfool import DeepFoolResult, deepfool
 from burn.experiment import attacked_model, results_dir
 from burn.models import to_model_format
@@ -216,12 +217,13 @@ def main(argv=None) -> dict:
                 sys.exit(f"no trained model for this config at {model_path}: train it first "
                          f"(burn attack --attack badnets --preset {cfg.preset}); this script "
                          "does not")
-        run = attacked_model(cfg, data_root=args.data_root, results_root=root, progress=False)
+        runtime = Runtime(data_root=args.data_root, results_root=root, progress=False)
+        run = attacked_model(cfg, runtime)
     model = run.model.eval()
     for q in model.parameters():
         q.requires_grad_(False)  # input gradients only, for every implementation
     wrapped = Formatted(model).eval()
-    batch = args.batch_size or cfg.deepfool.batch_size
+    batch = args.batch_size or runtime.deepfool_batch_size()
     x, is_poison = select_samples(run.poisoned, args.n_clean, args.n_poison, args.seed)
     orig = predict(wrapped, x, batch)
     with torch.no_grad():
@@ -256,7 +258,7 @@ def main(argv=None) -> dict:
     speedup, cost_vs_floor = fb_res["seconds"] / ours["seconds"], ours["seconds"] / floor_s
     report = {
         "preset": cfg.preset,
-        "model": {**to_dict(cfg.model), "channels_last": cfg.train.channels_last,
+        "model": {**to_dict(cfg.model), "channels_last": runtime.use_channels_last(cfg.model.width),
                   "num_classes": num_classes, "attack_key": run.key},
         "deepfool": {**SPEC, "clip": [0.0, 1.0], "candidates_k": k, "batch_size": batch},
         "samples": {"n": len(x), "clean": int((~is_poison).sum()), "poisoned": int(is_poison.sum()),

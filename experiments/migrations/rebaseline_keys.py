@@ -12,6 +12,9 @@ with the current code from the same settings, and rewrites the keys in place: ``
 ``none.json``, ``deepfool*.npz``, ``burn*.json``, ``unlearning_budget.json``, the sidecars, and
 the ablation folder names. Run once: ``python experiments/migrations/rebaseline_keys.py``.
 It refuses to run on results that are already re-keyed (their stored keys are new keys).
+``--configs`` (the second step, run after the first) rewrites the configs stored in those
+records and models in the new schema, so each file shows its own head and poison pool; it
+checks that each rewritten config hashes to the record's (new) key.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 
 from burn.atomic import atomic_path, write_text
 from burn.cache import config_hash, load_torch, save_torch
-from burn.config import PROJECT_ROOT, BurnCfg, DeepFoolCfg, ExperimentCfg, from_dict
+from burn.config import PROJECT_ROOT, BurnCfg, ExperimentCfg, from_dict
 from burn.deepfool import DEEPFOOL_VERSION
 from burn.experiment import ATTACK_STAGE_VERSION, attack_key
 
@@ -120,7 +123,36 @@ def rewrite(folder_root: Path, mapping: dict) -> int:
     return n
 
 
+def update_configs(root: Path) -> int:
+    """Rewrite the old-schema ``config`` stored in records and models under ``root``."""
+    from burn.cache import read_json, write_json
+    from burn.config import to_dict
+
+    n = 0
+    for f in sorted(root.rglob("*")):
+        if f.suffix == ".json" and f.name != "regime.csv.json":
+            data = read_json(f)
+            cfg = data.get("config") if isinstance(data, dict) else None
+            if not (isinstance(cfg, dict) and "model" in cfg and "final_bn_relu" not in cfg["model"]):
+                continue
+            new = new_cfg(cfg)
+            if f.name == "none.json":
+                assert attack_key(new, data["dataset"]) == data["config_hash"], f
+            write_json(f, {**data, "config": to_dict(new)})
+            n += 1
+        elif f.name == "model.pt":
+            saved = load_torch(f)
+            if "final_bn_relu" not in saved["config"]["model"]:
+                saved["config"] = to_dict(new_cfg(saved["config"]))
+                save_torch(saved, f)
+                n += 1
+    return n
+
+
 def main() -> int:
+    if "--configs" in sys.argv:
+        print(f"rewrote the configs of {update_configs(RESULTS / 'cpu-w16')} files")
+        return 0
     folders = sorted(p.parent for p in RESULTS.glob("cpu-w16/**/none.json"))
     mapping: dict[str, str] = {}
     for folder in folders:

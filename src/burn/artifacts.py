@@ -9,16 +9,17 @@ the run cache, so rerunning a notebook after a plot change costs seconds.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from .analysis import auroc, roc_curve, top_fraction_stats
-from .cache import config_hash, write_json
-from .config import PROJECT_ROOT, load_preset, to_dict
+from .cache import config_hash, load_npz, read_json, save_npz, write_json
+from .config import PROJECT_ROOT, load_preset
+from .data import dataset_spec
 from .deepfool import deepfool
 from .defenses.burn import finetune
 from .experiment import (AttackRun, attacked_model, boundary_distances, burn_run, matching_burn_record,
@@ -214,34 +215,54 @@ def _features(model, x: torch.Tensor) -> torch.Tensor:
 def feature_similarity(run: AttackRun, *, n: int = 500, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Fig. 1: cosine similarity of penultimate features between a clean training image x,
     its poisoned version T(x), and T(x) after its DeepFool perturbation, for ``n`` non-target
-    clean training images. Returns per-sample similarities and one example (images + values)."""
+    clean training images. Returns per-sample similarities and one example (images + values).
+
+    The per-sample numbers are stored beside the model (``fig1_similarity.npz``, keyed by the
+    model, the DeepFool config and the images) and read back on a rerun: recomputed on another
+    CPU they would differ in the fifth digit, and a cached rerun must leave the files as they
+    are."""
     p = run.poisoned
     pool = ((~p.poison_mask) & (p.original_labels != run.cfg.attack.target)).nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
     idx = pool[torch.randperm(len(pool), generator=g)[:n]].sort().values
     x = p.images[idx].float() / 255
     xt = run.attack.triggered(p.images[idx]).float() / 255
+    path = run.results_dir / "fig1_similarity.npz"
+    key = config_hash("fig1-similarity", run.key, run.cfg.deepfool, idx.tolist())
+    true = p.original_labels[idx].numpy()
+    cols = _similarity_columns(run, x, xt, true, path, key)
+    df = pd.DataFrame({"attack": run.cfg.attack.name, "index": idx.numpy(), "true_label": true,
+                       **{k: v for k, v in cols.items() if k not in ("example", "x_adv_example")}})
+    i = int(cols["example"])
+    example = {"clean": x[i], "poisoned": xt[i], "perturbed": torch.from_numpy(cols["x_adv_example"]),
+               "cos_clean_poisoned": float(df.cos_clean_poisoned[i]),
+               "cos_clean_perturbed": float(df.cos_clean_perturbed[i]),
+               "true_class": p.classes[int(df.true_label[i])], "adv_class": p.classes[int(df.adv_label[i])]}
+    return df, example
+
+
+def _similarity_columns(run: AttackRun, x, xt, true, path, key) -> dict:
+    """Fig. 1's per-sample arrays (stored at ``path`` under ``key``, computed if missing)."""
+    if path.is_file():
+        z = load_npz(path, hint="delete it to compute Fig. 1's similarities again")
+        if str(z.pop("key")) == key:
+            return z
     cfg = run.cfg.deepfool
     res = deepfool(run.model, xt, num_candidates=cfg.num_candidates, overshoot=cfg.overshoot,
                    max_iter=cfg.max_iter, step_eps=cfg.step_eps)
     fx, ft, fa = _features(run.model, x), _features(run.model, xt), _features(run.model, res.x_adv)
     cos = torch.nn.functional.cosine_similarity
-    df = pd.DataFrame({"attack": run.cfg.attack.name, "index": idx.numpy(),
-                       "true_label": p.original_labels[idx].numpy(),
-                       "cos_clean_poisoned": cos(fx, ft).numpy(),
-                       "cos_clean_perturbed": cos(fx, fa).numpy(),
-                       "adv_label": res.adv_labels.numpy(), "distance": res.norms.numpy(),
-                       "converged": res.converged.numpy()})
-    # the example: the sample whose similarity rises most, among those that flipped back
-    back = df[(df["adv_label"] == df["true_label"])]
-    ex_row = (back if len(back) else df).assign(gain=lambda d: d.cos_clean_perturbed - d.cos_clean_poisoned) \
-        .sort_values("gain").iloc[len(back if len(back) else df) // 2]  # a typical one: the median gain
-    i = int((df["index"] == ex_row["index"]).to_numpy().nonzero()[0][0])
-    example = {"clean": x[i], "poisoned": xt[i], "perturbed": res.x_adv[i],
-               "cos_clean_poisoned": float(df.cos_clean_poisoned[i]),
-               "cos_clean_perturbed": float(df.cos_clean_perturbed[i]),
-               "true_class": p.classes[int(df.true_label[i])], "adv_class": p.classes[int(df.adv_label[i])]}
-    return df, example
+    cols = {"cos_clean_poisoned": cos(fx, ft).numpy(), "cos_clean_perturbed": cos(fx, fa).numpy(),
+            "adv_label": res.adv_labels.numpy(), "distance": res.norms.numpy(),
+            "converged": res.converged.numpy()}
+    # the example: a typical sample (the median gain) among those that flipped back
+    gain = cols["cos_clean_perturbed"] - cols["cos_clean_poisoned"]
+    back = np.flatnonzero(cols["adv_label"] == true)
+    pool = back if len(back) else np.arange(len(gain))
+    i = int(pool[np.argsort(gain[pool], kind="stable")[len(pool) // 2]])
+    cols |= {"example": np.array(i), "x_adv_example": res.x_adv[i].numpy()}
+    save_npz(path, key=np.array(key), **cols)
+    return cols
 
 
 def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200),
@@ -257,7 +278,7 @@ def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200
     p = run.poisoned
     cfg = run.cfg.burn
     store = run.results_dir / "unlearning_budget.json"
-    done = json.loads(store.read_text()) if store.is_file() else {}
+    done = read_json(store) if store.is_file() else {}
     g = torch.Generator().manual_seed(seed)
     pois = p.poison_idx[torch.randperm(len(p.poison_idx), generator=g)]
     clean = (~p.poison_mask).nonzero().squeeze(1)
@@ -271,7 +292,8 @@ def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200
             idx = torch.cat([pi, clean])
             y = torch.cat([relabel, p.labels[clean]])
             model = finetune(copy.deepcopy(run.model), p.images[idx], y, cfg,
-                             torch.Generator().manual_seed(cfg.seed))
+                             torch.Generator().manual_seed(cfg.seed),
+                             flip=dataset_spec(run.cfg.data.dataset).flip)
             m = evaluate(model, run.test, run.poisoned_test, run.cfg.attack.target)
             done[key] = {"attack": run.cfg.attack.name, "n_poisoned": n, "n_clean": len(clean),
                          "labels": labels,
@@ -298,7 +320,7 @@ def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=
             files += [(f"burn:{f.stem[len('burn_'):]}", f, True) for f in sorted(d.glob("burn_*.json"))]
         for defense, f, opt_in in files:
             if f.is_file():
-                r = json.loads(f.read_text())
+                r = read_json(f)
                 rows.append({"attack": a, "defense": defense, "opt_in": opt_in,
                              "acc": r["acc"], "asr": r["asr"], "ra": r["ra"]})
             else:

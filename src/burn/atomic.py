@@ -26,3 +26,34 @@ def atomic_path(path, suffix: str = ""):
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_if_changed(path, data: bytes | str) -> bool:
+    """Write ``data`` atomically unless ``path`` already holds exactly it; True if written.
+    Outputs that are regenerated from cached results keep their bytes and their mtime."""
+    path = Path(path)
+    data = data.encode() if isinstance(data, str) else data
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return True
+
+
+class NotWritableError(OSError):
+    """A results folder cannot be written; raised before any long computation starts."""
+
+
+def ensure_writable(folder) -> Path:
+    """Create ``folder`` if needed and check that a file can be written in it, so a run that
+    would end by writing there fails at its start, not after an hour of training."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise NotWritableError(f"cannot write results to {folder} ({e.strerror or e}); fix its "
+                               "permissions or pass --results-root DIR") from None
+    return folder

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from .atomic import write_text
+from .atomic import NotWritableError, write_if_changed
+from .cache import DamagedFileError
 from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset
 from .data import DatasetNotFoundError
 from .experiment import ResultsConflictError
@@ -23,8 +24,8 @@ EPILOG = """examples:
       override any preset value with --set section.key=value
   burn defend --attack badnets --dataset cifar10 --preset cpu
       DeepFool distances + Burn on that model; writes burn.json with the per-iteration report
-  burn defend --attack badnets --set burn.lr=1e-3 --set burn.divergence=js
-      any Burn parameter of BURN-SPEC.md can be changed the same way
+  burn defend --attack badnets --set burn.lr=1e-3 --set burn.divergence=js --tag lr1e-3-js
+      any Burn parameter (docs/method.md) can be changed the same way, under a --tag name
   burn presets
       list the presets and what they set
 
@@ -78,7 +79,7 @@ def _runtime(args) -> Runtime:
                    debug=args.debug)
 
 
-def _config(args):
+def _overrides(args) -> dict:
     overrides = _parse_set(args.set)
     if args.dataset:
         overrides.setdefault("data", {})["dataset"] = args.dataset
@@ -86,18 +87,40 @@ def _config(args):
         overrides.setdefault("attack", {})["name"] = args.attack
     if args.variant:
         overrides["variant"] = args.variant
-    return load_preset(args.preset, overrides)
+    return overrides
+
+
+def _config(args):
+    return load_preset(args.preset, _overrides(args))
+
+
+def _stored_at(record: dict) -> str:
+    """Where and when a stored number was measured, for labelling it as stored."""
+    cpu = (record.get("machine") or {}).get("cpu") or {}
+    return f"stored, measured {record.get('time_utc', '?')[:10]} on {cpu.get('model') or 'an unknown CPU'}"
 
 
 def cmd_attack(args) -> int:
-    from .experiment import attack_by_class, attacked_model
+    from .experiment import attack_by_class, attacked_model, measure_stored
 
     cfg = _config(args)
     run = attacked_model(cfg, _runtime(args), retrain=args.retrain)
     r = run.record
     print(f"{r['dataset']} | {cfg.model.arch} width {cfg.model.width} | {cfg.train.epochs} epochs")
-    print(f"ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}  "
-          f"(train wall {r['wall_s']:.0f} s; results in {run.results_dir})")
+    if run.trained_now:
+        print(f"ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}  "
+              f"(trained now: {r['wall_s_this_session']:.0f} s; results in {run.results_dir})")
+    else:
+        m = measure_stored(run)
+        now = m["measured"]
+        print(f"ACC {now['acc']:.4f}  ASR {now['asr']:.4f}  RA {now['ra']:.4f}  (measured now on "
+              f"the stored model {run.results_dir / 'model.pt'})")
+        print(f"    stored in none.json: ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}; "
+              f"training took {r['wall_s']:.0f} s ({_stored_at(r)})")
+        if not m["agree"]:
+            raise DamagedFileError(run.results_dir / "model.pt", "it does not reproduce the numbers "
+                                   "of none.json beside it", "retrain it with --retrain, or restore "
+                                   "both files with `git checkout`")
     if len(run.poisoned_test):
         by_class = attack_by_class(run)
         print("ASR by true class: " + ", ".join(f"{row['class']} {row['asr']:.3f}"
@@ -109,8 +132,13 @@ def cmd_defend(args) -> int:
     from .experiment import attacked_model, burn_run
 
     if args.defense != "burn":
-        raise ValueError(f"unknown defense {args.defense!r}; available: burn")
+        raise ConfigError(f"unknown defense {args.defense!r}; available: burn")
     cfg = _config(args)
+    base = load_preset(args.preset, {k: v for k, v in _overrides(args).items() if k != "burn"})
+    if cfg.burn != base.burn and not args.tag:
+        raise ConfigError("--set burn.* makes a Burn config other than the preset's; name the run "
+                          "with --tag NAME (it writes burn_NAME.json beside the default burn.json, "
+                          "which is never overwritten by another config)")
     run = attacked_model(cfg, _runtime(args))
     r = burn_run(run, tag=args.tag or "", rerun=args.rerun)
     b = r["before"]
@@ -120,8 +148,10 @@ def cmd_defend(args) -> int:
         print(f"  t={it['t']}: |P|={it['n_poison_set']} precision {it.get('precision', float('nan')):.3f} "
               f"recall {it.get('recall', float('nan')):.3f} poisoned-in-C {it.get('poisoned_in_clean_set')} "
               f"-> ACC {it['acc']:.4f} ASR {it['asr']:.4f} RA {it['ra']:.4f}")
-    print(f"after:  ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}  "
-          f"(DeepFool {r['deepfool']['wall_s']:.0f} s, Burn {r['wall_s']:.0f} s)")
+    print(f"after:  ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}")
+    when = "computed now" if r.get("_computed_now") else _stored_at(r)
+    print(f"    DeepFool {r['deepfool']['wall_s']:.0f} s, Burn {r['wall_s']:.0f} s ({when}); "
+          f"record: {run.results_dir / ((f'burn_{args.tag}' if args.tag else 'burn') + '.json')}")
     return 0
 
 
@@ -154,8 +184,21 @@ def cmd_report(args) -> int:
     text = paper_vs_ours(args.preset, args.dataset, results_root=args.results_root)
     root = Path(args.results_root) if args.results_root else PROJECT_ROOT / "results"
     out = root / args.preset / "paper_vs_ours.md"
-    write_text(out, text + "\n")
-    print(f"wrote {out}")
+    print(f"{'wrote' if write_if_changed(out, text + chr(10)) else 'unchanged:'} {out}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    import time
+
+    from .notebooks import NOTEBOOKS, reproduce
+
+    t0 = time.perf_counter()
+    rows = reproduce(args.preset, args.only or NOTEBOOKS, progress=not args.quiet)
+    cmd_report(argparse.Namespace(preset=args.preset, dataset=args.dataset, results_root=None))
+    changed = [r["notebook"] for r in rows if r["changed"]]
+    print(f"reproduce ({args.preset}): {time.perf_counter() - t0:.0f} s in all; executed notebooks "
+          f"changed: {', '.join(changed) if changed else 'none'}")
     return 0
 
 
@@ -217,9 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-root")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("reproduce", help="run every notebook into notebooks/executed/<preset>/ "
+                       "(each stage reuses the committed results) and write paper_vs_ours.md")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--only", action="append", help="run only this notebook (repeatable)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
     return parser
+
+
+USER_ERRORS = (DatasetNotFoundError, ConfigError, FileNotFoundError, ValueError,
+               ResultsConflictError, DamagedFileError, NotWritableError)
 
 
 def main(argv=None) -> int:
@@ -227,7 +283,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetNotFoundError, ConfigError, FileNotFoundError, ValueError, ResultsConflictError) as e:
+    except USER_ERRORS as e:  # what a user can cause: one line; the traceback with --debug
+        if getattr(args, "debug", False):
+            raise
         print(f"burn: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,8 +1,9 @@
 """Experiment configuration: frozen dataclasses are the schema, YAML presets only fill them.
 
 A preset (``experiments/presets/<name>.yaml``) gives the data, model, training, DeepFool and
-Burn settings of one regime (``smoke``, ``cpu``, ``paper``). Unknown keys raise an error, so a
-typo in a preset never silently falls back to a default.
+Burn settings of one regime (``smoke``, ``cpu``, ``cpu-w16``, ``paper``). Unknown keys raise an
+error and every value is checked against its field's type and range, so a typo in a preset or
+in ``--set`` never silently falls back to a default or reaches a result.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ OMIT_AT_DEFAULT = {"omit_at_default": True}
 
 @dataclass(frozen=True)
 class BurnCfg:
-    """Every number of BURN-SPEC.md. Fractions are of the whole training set ``D``."""
+    """Every number of Burn (docs/method.md). Fractions are of the whole training set ``D``."""
 
     iterations: int = field(default=5, metadata=NONNEG)  # T
     alpha_start: float = field(default=0.005, metadata=FRACTION)
@@ -112,8 +113,11 @@ class BurnCfg:
     # Opt-in (not the paper): phase 1 also fine-tunes on the bottom beta_0 of D by distance with
     # their given labels, as phase 2 does; the spec's phase 1 trains on P_0 alone. Measured with
     # the suspect-class selection it raises ACC after phase 1 (BadNets 0.702 -> 0.769) but not
-    # the final ACC (0.742 against 0.739); see the README.
+    # the final ACC (0.742 against 0.739); see docs/findings.md.
     phase1_clean_set: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
+    # lambda_t rises linearly from 0 to lambda_end at t = T. The paper's 1.0 makes the last
+    # iteration rank by prediction divergence alone; 0.5 keeps half the distance term there.
+    lambda_end: float = field(default=1.0, metadata={**OMIT_AT_DEFAULT, "check": "fraction"})
     seed: int = 0
 
 

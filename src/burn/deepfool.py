@@ -1,4 +1,4 @@
-"""Boundary distance: batched L2 DeepFool (Moosavi-Dezfooli et al., 2016) as BURN-SPEC.md reads it.
+"""Boundary distance: batched L2 DeepFool (Moosavi-Dezfooli et al., 2016) as docs/method.md states it.
 
 ``deepfool(model, x)`` follows foolbox's conventions: the candidate classes are the top-k logits
 of the clean input (index 0 = the original prediction), fixed for the whole run; each step moves

@@ -8,7 +8,6 @@ its config hash matches, so a reviewer runs every defense without training.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,9 +18,10 @@ import torch
 from torch import nn
 
 from .analysis import separation_summary
-from .atomic import atomic_path
+from .atomic import ensure_writable
 from .attacks import Attack, PoisonedDataset, make_attack
-from .cache import config_hash, load_torch, run_dir, save_torch, write_json
+from .cache import (DamagedFileError, config_hash, load_torch, read_json, run_dir, save_torch,
+                    save_npz, load_npz, tensors_sha256, write_json)
 from .config import PROJECT_ROOT, BurnCfg, ExperimentCfg, from_dict, to_dict
 from .data import ImageDataset, dataset_spec, load_dataset
 from .metrics import evaluate
@@ -32,6 +32,7 @@ from .train import train_model
 
 ATTACK_STAGE_VERSION = 1
 RESULTS_ROOT = PROJECT_ROOT / "results"
+STORED_TOLERANCE_IMAGES = 2
 
 
 @dataclass
@@ -48,6 +49,7 @@ class AttackRun:
     record: dict  # the content of none.json
     results_dir: Path
     runtime: Runtime = Runtime()
+    trained_now: bool = False  # False: loaded from the stored model.pt
 
 
 def results_dir(cfg: ExperimentCfg, root: Path | None = None) -> Path:
@@ -97,18 +99,38 @@ def attack_key(cfg: ExperimentCfg, data_name: str) -> str:
 
 def _load_committed(cfg, model, out: Path, key: str) -> dict | None:
     """The stored record of ``out`` with its weights loaded into ``model``, or None if there
-    is none; a model of another config is refused."""
+    is none; a model of another config is refused, a damaged one reported."""
     record_path, model_path = out / "none.json", out / "model.pt"
     if not (model_path.is_file() and record_path.is_file()):
         return None
-    saved = load_torch(model_path)
+    hint = (f"restore it with `git checkout -- {model_path}` if it is committed, or train it "
+            "again with --retrain")
+    saved = load_torch(model_path, hint=hint)
     if saved.get("config_hash") != key:
         raise ResultsConflictError(
             f"{model_path} holds a model of another config (hash {saved.get('config_hash')}, "
             f"this run: {key}). Pass --variant NAME (config key `variant`) to keep both, or "
             "--retrain to replace it.")
+    bad = [k for k, v in saved["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise DamagedFileError(model_path, f"non-finite weights in {bad[:3]}", hint)
     _load_half_state(model, saved["state_dict"])
-    return json.loads(record_path.read_text())
+    record = read_json(record_path)
+    if record.get("config_hash") != key:
+        raise DamagedFileError(record_path, f"its config hash {record.get('config_hash')} is not "
+                               f"the model's ({key})")
+    return record
+
+
+def measure_stored(run: "AttackRun") -> dict:
+    """ACC / ASR / RA of the loaded model measured now, beside the stored ones, and whether
+    they agree within ``STORED_TOLERANCE_IMAGES`` test images (float32 rounding differs
+    between CPUs and can flip a prediction or two)."""
+    now = evaluate(run.model, run.test, run.poisoned_test, run.cfg.attack.target)
+    sizes = {"acc": len(run.test), "ra": len(run.poisoned_test), "asr": len(run.poisoned_test)}
+    agree = all(abs(now[k] - run.record[k]) * max(sizes[k], 1) <= STORED_TOLERANCE_IMAGES + 1e-6
+                for k in ("acc", "asr", "ra"))
+    return {"measured": now, "agree": agree}
 
 
 def attacked_model(cfg: ExperimentCfg, runtime: Runtime = Runtime(), *,
@@ -121,11 +143,13 @@ def attacked_model(cfg: ExperimentCfg, runtime: Runtime = Runtime(), *,
     out = results_dir(cfg, runtime.results_root)
     model = build_model(cfg, len(poisoned.classes), runtime)
     record = None if retrain else _load_committed(cfg, model, out, key)
-    if record is None:
+    trained_now = record is None
+    if trained_now:
+        ensure_writable(out)
         record = _train_attacked(cfg, runtime, model, attack, poisoned, test, poisoned_test, key,
                                  out, retrain)
     return AttackRun(cfg, key, model.eval(), attack, poisoned, test, poisoned_test, record, out,
-                     runtime)
+                     runtime, trained_now)
 
 
 def _train_attacked(cfg, runtime, model, attack, poisoned, test, poisoned_test, key, out,
@@ -139,6 +163,10 @@ def _train_attacked(cfg, runtime, model, attack, poisoned, test, poisoned_test, 
         ckpt.unlink()
     if not retrain and not ckpt.exists() and shipped.is_file():
         shutil.copyfile(shipped, ckpt)
+    runtime.say(f"train: {cfg.attack.name} model ({cfg.model.arch} width {cfg.model.width}, "
+                f"{cfg.train.epochs} epochs on {len(poisoned)} images, {runtime.torch_device()}); "
+                f"a checkpoint after every epoch in {cache} lets an interrupted run resume"
+                + (" (resuming now)" if ckpt.exists() else "") + "; the bar shows the time left")
     t0 = time.perf_counter()
     history = train_model(model, poisoned.images, poisoned.labels, cfg.train,
                           flip=dataset_spec(cfg.data.dataset).flip, checkpoint=ckpt,
@@ -168,7 +196,8 @@ def _train_attacked(cfg, runtime, model, attack, poisoned, test, poisoned_test, 
         "history": history,
         **provenance(runtime),
     }
-    save_torch({"config_hash": key, "config": to_dict(cfg), "state_dict": state}, out / "model.pt")
+    save_torch({"config_hash": key, "config": to_dict(cfg), "state_dict": state,
+                "sha256": tensors_sha256(state)}, out / "model.pt")
     write_json(out / "none.json", record)
     shipped.unlink(missing_ok=True)  # superseded by model.pt
     return record
@@ -186,7 +215,7 @@ def attack_by_class(run: AttackRun):
     path = run.results_dir / "asr_by_class.csv"
     sidecar = path.with_name(path.name + ".json")
     if path.is_file() and sidecar.is_file() and \
-            json.loads(sidecar.read_text())["config"].get("attack_config_hash") == run.key:
+            read_json(sidecar)["config"].get("attack_config_hash") == run.key:
         return pd.read_csv(path)
     pt = run.poisoned_test
     df = pd.DataFrame(attack_metrics_by_class(predict(run.model, pt.images), pt.labels,
@@ -200,11 +229,12 @@ def _load_distances(path: Path, key: str) -> dict | None:
     """The DeepFool arrays saved at ``path`` if their key is ``key``, else None."""
     if not path.is_file():
         return None
-    with np.load(path) as z:
-        if str(z["key"]) != key:
-            return None
-        return {k: torch.from_numpy(z[k]) for k in z.files if k not in ("key", "wall_s")} | {
-            "key": key, "wall_s": float(z["wall_s"])}
+    z = load_npz(path, hint=f"restore it with `git checkout -- {path}` if it is committed, "
+                            "or delete it to compute the distances again")
+    if str(z["key"]) != key:
+        return None
+    return {k: torch.from_numpy(v) for k, v in z.items() if k not in ("key", "wall_s")} | {
+        "key": key, "wall_s": float(z["wall_s"])}
 
 
 def _save_distances(path: Path, key: str, wall: float, res, **extra) -> dict:
@@ -212,14 +242,18 @@ def _save_distances(path: Path, key: str, wall: float, res, **extra) -> dict:
     out = {"norms": res.norms.float(), "adv_labels": res.adv_labels.long(),
            "orig_labels": res.orig_labels.long(), "iterations": res.iterations.long(),
            "converged": res.converged.bool()}
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, key=np.array(key), wall_s=np.array(wall),
-                            norms=out["norms"].numpy(), adv_labels=out["adv_labels"].numpy().astype(np.int16),
-                            orig_labels=out["orig_labels"].numpy().astype(np.int16),
-                            iterations=out["iterations"].numpy().astype(np.int16),
-                            converged=out["converged"].numpy(),
-                            **{k: v.numpy() for k, v in extra.items()})
+    save_npz(path, key=np.array(key), wall_s=np.array(wall),
+             norms=out["norms"].numpy(), adv_labels=out["adv_labels"].numpy().astype(np.int16),
+             orig_labels=out["orig_labels"].numpy().astype(np.int16),
+             iterations=out["iterations"].numpy().astype(np.int16),
+             converged=out["converged"].numpy(), **{k: v.numpy() for k, v in extra.items()})
     return out | extra | {"key": key, "wall_s": wall}
+
+
+def distances_key(run: AttackRun) -> str:
+    from .deepfool import DEEPFOOL_VERSION
+
+    return config_hash("deepfool", DEEPFOOL_VERSION, run.key, run.cfg.deepfool)
 
 
 def boundary_distances(run: AttackRun) -> dict:
@@ -229,14 +263,18 @@ def boundary_distances(run: AttackRun) -> dict:
     matches; otherwise computed through the resumable run cache. Returns a dict of tensors:
     norms, adv_labels, orig_labels (the model's prediction), iterations, converged, plus
     ``key`` and ``wall_s``."""
-    from .deepfool import DEEPFOOL_VERSION, cached_deepfool
+    from .deepfool import cached_deepfool
 
     cfg = run.cfg.deepfool
-    key = config_hash("deepfool", DEEPFOOL_VERSION, run.key, cfg)
+    key = distances_key(run)
     path = run.results_dir / "deepfool.npz"
     saved = _load_distances(path, key)
     if saved is not None:
         return saved
+    ensure_writable(run.results_dir)
+    run.runtime.say(f"deepfool: L2 distance to the decision boundary of all {len(run.poisoned)} "
+                    f"training images ({run.runtime.deepfool_batch_size()} a batch); parts are "
+                    "saved as they finish, so an interrupted run resumes; the bar shows the time left")
     t0 = time.perf_counter()
     res = cached_deepfool(run.model, run.poisoned.images, cfg, key=run.key,
                           batch_size=run.runtime.deepfool_batch_size(), progress=run.runtime.progress)
@@ -269,7 +307,7 @@ def matching_burn_record(paths, attack_key: str, burn_cfg) -> dict | None:
     ``burn_cfg`` (so Table 2's grid point equal to the defaults reuses ``burn.json``)."""
     for path in paths:
         if Path(path).is_file():
-            rec = json.loads(Path(path).read_text())
+            rec = read_json(path)
             # read through the schema, so a Burn option added later (at its default) still matches
             if rec.get("attack_config_hash") == attack_key and \
                     from_dict(BurnCfg, rec["config"]["burn"]) == burn_cfg:
@@ -286,15 +324,20 @@ def burn_run(run: AttackRun, *, out_dir: Path | None = None, tag: str = "",
     is (``rerun`` computes it again)."""
     from .defenses.burn import defend
 
-    bd = boundary_distances(run)
-    key = config_hash("burn", run.key, bd["key"], run.cfg.burn)
+    key = config_hash("burn", run.key, distances_key(run), run.cfg.burn)
     out = Path(out_dir or run.results_dir)
     path = out / (f"burn_{tag}.json" if tag else "burn.json")
     if not rerun and path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_json(path, hint=f"restore it with `git checkout -- {path}` if it is "
+                                     "committed, or compute it again with --rerun")
         if saved.get("config_hash") == key:
             return saved
+    ensure_writable(out)
+    bd = boundary_distances(run)
     target = run.cfg.attack.target
+    run.runtime.say(f"burn: {run.cfg.burn.iterations + 1} rounds of selection + {run.cfg.burn.epochs} "
+                    "fine-tuning epochs, evaluated after each (no resume inside a run: an "
+                    f"interrupted run starts again); writes {path}")
 
     def evaluate_fn(m):
         return evaluate(m, run.test, run.poisoned_test, target)
@@ -304,7 +347,8 @@ def burn_run(run: AttackRun, *, out_dir: Path | None = None, tag: str = "",
                               norms=bd["norms"], adv_labels=bd["adv_labels"].long(),
                               poison_mask=run.poisoned.poison_mask,
                               original_labels=run.poisoned.original_labels,
-                              evaluate=evaluate_fn, progress=run.runtime.progress)
+                              evaluate=evaluate_fn, flip=dataset_spec(run.cfg.data.dataset).flip,
+                              progress=run.runtime.progress)
     wall = time.perf_counter() - t0
     final = report.iterations[-1]
     mask = run.poisoned.poison_mask
@@ -328,4 +372,6 @@ def burn_run(run: AttackRun, *, out_dir: Path | None = None, tag: str = "",
         **provenance(run.runtime),
     }
     write_json(path, record)
-    return record
+    # the record as stored (JSON types), so a fresh and a reused run return the same thing;
+    # ``_computed_now`` is not stored: it tells a caller the numbers were just measured
+    return {**read_json(path), "_computed_now": True}

@@ -7,7 +7,7 @@ perturbations and their L2 norms live in pixel space. ``features(x)`` returns th
 The default is BackdoorBench's ``models/preact_resnet.py``: layer4's output goes straight to
 the average pool and the linear layer, so features can be negative. ``final_bn_relu=True``
 adds a BatchNorm + ReLU before the pool (the common pre-activation variant); the repository's
-results before the re-baseline (presets ``cpu-w16``, ``cpu-w32``, the regime variants) used it.
+results before the re-baseline (preset ``cpu-w16`` and its regime variants) used it.
 """
 
 from __future__ import annotations

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
+import json
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
 
-from .atomic import atomic_path
+from .atomic import write_if_changed
 from .config import PROJECT_ROOT
 
 
@@ -73,36 +75,53 @@ def provenance(runtime=None) -> dict:
     return out
 
 
-def _sidecar(path, config, inputs) -> None:
-    from .cache import write_json  # cache -> data -> config; imported late to keep this module light
+def _relative(p: Path) -> str:
+    return str(p.relative_to(PROJECT_ROOT) if p.is_absolute() and PROJECT_ROOT in p.parents else p)
 
-    files = {}
-    for p in inputs or []:
-        p = Path(p)
-        if p.is_file():
-            files[str(p.relative_to(PROJECT_ROOT) if p.is_absolute() and PROJECT_ROOT in p.parents else p)] = \
-                hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-    write_json(Path(str(path) + ".json"), {"output": Path(path).name, "config": config,
-                                           "inputs": files, **provenance()})
+
+def _sidecar(path, config, inputs, changed: bool) -> None:
+    """The ``.json`` beside an output: its config, the hashes of its inputs and provenance.
+    Rewritten only when the output, its config or its inputs changed, so rerunning a cached
+    pipeline leaves every file (and ``git status``) as it was."""
+    from .cache import read_json, write_json  # cache -> data -> config: imported late
+
+    files = {_relative(Path(p)): hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]
+             for p in inputs or [] if Path(p).is_file()}
+    content = json.loads(json.dumps({"output": Path(path).name, "config": config, "inputs": files},
+                                    default=str))
+    side = Path(str(path) + ".json")
+    if not changed and side.is_file():
+        try:
+            old = read_json(side)
+        except Exception:  # a damaged sidecar is rewritten
+            old = {}
+        if all(old.get(k) == v for k, v in content.items()):
+            return
+    write_json(side, {**content, **provenance()})
 
 
 def save_table(df, path, config=None, inputs=None) -> None:
-    """Write ``df`` as CSV atomically, with a ``.json`` sidecar (config, inputs, provenance)."""
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-    _sidecar(path, config, inputs)
+    """Write ``df`` as CSV atomically, with a ``.json`` sidecar (config, inputs, provenance);
+    an unchanged table leaves both files untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    changed = write_if_changed(path, df.to_csv(index=False).encode())
+    _sidecar(path, config, inputs, changed)
 
 
 def save_figure(fig, path_stem, config=None, inputs=None) -> list:
-    """Save ``fig`` as PNG and PDF (``path_stem`` without suffix), each written atomically,
+    """Save ``fig`` as PNG and PDF (``path_stem`` without suffix), each written atomically
+    (and only if its bytes changed; no creation date, so the same figure is the same file),
     with a sidecar."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    out = []
+    out, changed = [], False
     for ext in ("png", "pdf"):
         p = stem.with_suffix(f".{ext}")
-        with atomic_path(p, suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata=None if ext == "png" else {"CreationDate": None})
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight",
+                    metadata=None if ext == "png" else {"CreationDate": None})
+        changed |= write_if_changed(p, buf.getvalue())
         out.append(p)
-    _sidecar(stem.with_suffix(".png"), config, inputs)
+    _sidecar(stem.with_suffix(".png"), config, inputs, changed)
     return out

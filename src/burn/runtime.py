@@ -2,11 +2,12 @@
 
 A :class:`Runtime` is passed to every stage beside the science config. None of its fields
 enters a config hash: a run on a GPU and a run on a CPU of the same config share one key and
-one results folder (their numbers agree to float32 rounding, see docs/reproducibility.md).
+one results folder (their numbers agree to float32 rounding; results/README.md).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,11 @@ class Runtime:
         if self.deepfool_batch is not None:
             return self.deepfool_batch
         return 2048 if self.torch_device().type == "cuda" else 256
+
+    def say(self, message: str) -> None:
+        """A line on stderr about what a long stage computes (silent with ``progress=False``)."""
+        if self.progress:
+            print(message, file=sys.stderr, flush=True)
 
     def apply(self) -> "Runtime":
         """Set torch's thread count (process-wide); returns self."""

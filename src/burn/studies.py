@@ -3,13 +3,13 @@ issue (which training regime, if any, makes Burn's distance-based selection work
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from .cache import read_json
 from .config import PROJECT_ROOT, load_preset
 
 
@@ -43,11 +43,11 @@ def regime_row(cfg, regime: Regime, results_root=None) -> dict:
            "arch": cfg.model.arch, "width": cfg.model.width, "epochs": cfg.train.epochs,
            "augment": cfg.train.augment, "status": "not run"}
     if (d / "none.json").is_file():
-        rec = json.loads((d / "none.json").read_text())
+        rec = read_json(d / "none.json")
         row.update(status="trained", data=rec["dataset"].split(",")[0], acc=rec["acc"], asr=rec["asr"], ra=rec["ra"],
                    train_wall_s=rec["wall_s"])
     if (d / "burn.json").is_file():
-        b = json.loads((d / "burn.json").read_text())
+        b = read_json(d / "burn.json")
         df = b["deepfool"]
         row.update(status="done", deepfool_wall_s=df["wall_s"],
                    unconverged=df["unconverged_clean"] + df["unconverged_poisoned"],
@@ -63,7 +63,7 @@ def regime_row(cfg, regime: Regime, results_root=None) -> dict:
                    top1_suspect_class_precision=df.get("top1pct_suspect_class_precision"))
     # the opt-in repair, measured beside the paper's default (burn --tag suspect_class)
     if (d / "burn_suspect_class.json").is_file():
-        b = json.loads((d / "burn_suspect_class.json").read_text())
+        b = read_json(d / "burn_suspect_class.json")
         row.update(burn_sc_acc=b["acc"], burn_sc_asr=b["asr"], burn_sc_ra=b["ra"])
     return row
 
@@ -79,7 +79,7 @@ def tail_overlap_row(cfg, runtime) -> dict:
     if not (d / "burn.json").is_file():
         return {}
     # the distances Burn used, as committed; None if missing or of another model/config
-    bd = _load_distances(d / "deepfool.npz", json.loads((d / "burn.json").read_text())["deepfool"]["key"])
+    bd = _load_distances(d / "deepfool.npz", read_json(d / "burn.json")["deepfool"]["key"])
     if bd is None:
         return {}
     run = attacked_model(cfg, replace(runtime, progress=False))

@@ -1,12 +1,10 @@
 """Atomic writes: a failed write leaves the previous file intact and no temporary behind."""
 
-import json
-
 import numpy as np
 import pytest
 
 from burn.atomic import atomic_path
-from burn.cache import write_json
+from burn.cache import read_json, write_json
 
 
 def test_failed_write_keeps_previous_file(tmp_path):
@@ -16,7 +14,7 @@ def test_failed_write_keeps_previous_file(tmp_path):
         with atomic_path(path) as tmp:
             tmp.write_text('{"acc": 0.')  # half written, then the run dies
             raise RuntimeError("interrupted")
-    assert json.loads(path.read_text()) == {"acc": 0.8}
+    assert read_json(path) == {"acc": 0.8}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
 
 

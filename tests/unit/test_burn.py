@@ -115,7 +115,17 @@ def test_phase1_clean_set_is_opt_in_and_keeps_existing_keys():
     it0 = rep.iterations[0]
     assert it0.n_poison_set == 10 and it0.n_clean_set == 20  # beta_0 = 10% of 200, by distance
     assert it0.poisoned_in_clean_set == 0  # the bottom of the ranking: the poison sits far
-    # at its default the option is left out of config hashes, so committed results stay valid
+    # at their defaults the options added later are left out of config hashes, so committed
+    # results stay valid
     assert config_hash(BurnCfg()) == config_hash({k: v for k, v in BurnCfg().__dict__.items()
-                                                  if k != "phase1_clean_set"})
+                                                  if k not in ("phase1_clean_set", "lambda_end")})
     assert config_hash(BurnCfg(phase1_clean_set=True)) != config_hash(BurnCfg())
+    assert config_hash(BurnCfg(lambda_end=0.5)) != config_hash(BurnCfg())
+
+
+def test_lambda_end_scales_the_divergence_weight():
+    from burn.defenses.burn import schedule
+
+    assert [schedule(BurnCfg(iterations=4), t)[0] for t in range(5)] == [0, 0.25, 0.5, 0.75, 1.0]
+    assert [schedule(BurnCfg(iterations=4, lambda_end=0.5), t)[0] for t in range(5)] == \
+        [0, 0.125, 0.25, 0.375, 0.5]

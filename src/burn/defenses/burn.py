@@ -1,4 +1,4 @@
-"""The Burn defense, as ``../shared/BURN-SPEC.md`` reads the paper.
+"""The Burn defense, as docs/method.md states the paper's method.
 
 Phase 1: rank the training set by DeepFool boundary distance ``r`` of the frozen infected
 model ``f0``; relabel the top ``alpha_0`` with their adversarial labels ``y_adv`` and fine-tune
@@ -77,9 +77,10 @@ class BurnReport:
 
 
 def schedule(cfg: BurnCfg, t: int) -> tuple[float, float, float]:
-    """(lambda_t, alpha_t, beta_t): linear in t from t = 0 to t = T."""
+    """(lambda_t, alpha_t, beta_t): linear in t from t = 0 to t = T; lambda goes from 0 to
+    ``cfg.lambda_end`` (1 in the paper: the last iteration ranks by divergence alone)."""
     frac = t / cfg.iterations if cfg.iterations > 0 else 1.0
-    return (frac,
+    return (cfg.lambda_end * frac,
             cfg.alpha_start + (cfg.alpha_end - cfg.alpha_start) * frac,
             cfg.beta_start + (cfg.beta_end - cfg.beta_start) * frac)
 
@@ -123,13 +124,14 @@ def _selection_stats(p_idx, c_idx, y_adv, poison_mask, original_labels) -> dict:
 
 
 def finetune(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg,
-             generator: torch.Generator) -> nn.Module:
+             generator: torch.Generator, *, flip: bool = True) -> nn.Module:
     """One Burn fine-tuning step, in place: ``cfg.epochs`` epochs of Adam (``cfg.lr``) on
-    (images, labels); returns the model in eval mode."""
+    (images, labels), augmented as in training (``flip``: the dataset's setting); returns
+    the model in eval mode."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     for _ in range(cfg.epochs):
         run_epoch(model, opt, images, labels, batch_size=cfg.batch_size, generator=generator,
-                  augment=cfg.augment)
+                  augment=cfg.augment, flip=flip)
     return model.eval()
 
 
@@ -137,7 +139,7 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
            norms: Tensor, adv_labels: Tensor,
            poison_mask: Tensor | None = None, original_labels: Tensor | None = None,
            evaluate: Callable[[nn.Module], dict] | None = None,
-           progress: bool = False) -> tuple[nn.Module, BurnReport]:
+           flip: bool = True, progress: bool = False) -> tuple[nn.Module, BurnReport]:
     """Purify ``model`` with Burn. The caller's model is never modified.
 
     images: (N, C, H, W) uint8 or float in [0, 1], the training set as the defender holds it;
@@ -145,6 +147,7 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
     adversarial labels of the frozen ``model`` on ``images`` (``burn.deepfool``).
     poison_mask / original_labels: ground truth, for the report only.
     evaluate: optional ``model -> {"acc", "asr", "ra"}`` called after each iteration.
+    flip: whether fine-tuning flips images (the dataset's training augmentation).
     """
     n = len(labels)
     assert images.shape[0] == n and norms.shape == (n,) and adv_labels.shape == (n,), \
@@ -188,7 +191,7 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
         c_idx = _top(score, n_c, largest=False) if n_c else p_idx.new_zeros(0)
         idx = torch.cat([p_idx, c_idx])
         y = torch.cat([adv_labels[p_idx], labels[c_idx]])
-        finetune(ft, images[idx], y, cfg, gen)
+        finetune(ft, images[idx], y, cfg, gen, flip=flip)
         it = BurnIteration(t=t, lam=lam, alpha=alpha, beta=beta, n_poison_set=len(p_idx),
                            n_clean_set=len(c_idx), wall_s=0.0,
                            **_selection_stats(p_idx, c_idx, adv_labels, poison_mask, original_labels))

@@ -1,0 +1,59 @@
+"""Run the paper's notebooks with papermill into ``notebooks/executed/<preset>/``.
+
+An executed notebook is written only when its content changed: papermill's timestamps and
+durations are removed first, so rerunning a cached pipeline leaves every executed notebook
+(and ``git status``) as it was, while a changed number or figure shows up as a diff.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .atomic import atomic_path, write_if_changed
+from .config import PROJECT_ROOT
+
+# In the paper's order; Fig. 4 last, since it reads the records the others write.
+NOTEBOOKS = ("table1_boundary_distance", "fig1_feature_similarity", "fig2_adversarial_labels",
+             "fig5_filtering", "fig6_unlearning_budget", "table2_ablation", "fig4_defense_tradeoff")
+VOLATILE = ("start_time", "end_time", "duration")
+
+
+def normalize(nb: dict) -> dict:
+    """``nb`` without run-specific timing: papermill's start/end/duration (notebook and cells)
+    and Jupyter's per-cell execution timestamps."""
+    for meta in [nb.get("metadata", {})] + [c.get("metadata", {}) for c in nb.get("cells", [])]:
+        for key in VOLATILE:
+            meta.get("papermill", {}).pop(key, None)
+        meta.pop("execution", None)
+    return nb
+
+
+def run_notebook(name: str, preset: str, *, parameters: dict | None = None,
+                 out_dir: Path | None = None, progress: bool = True) -> bool:
+    """Execute ``notebooks/<name>.ipynb`` for ``preset``; True if the executed copy changed."""
+    import nbformat
+    import papermill
+
+    src = PROJECT_ROOT / "notebooks" / f"{name}.ipynb"
+    if not src.is_file():
+        raise FileNotFoundError(f"no notebook {src}; the notebooks are {list(NOTEBOOKS)}")
+    out = Path(out_dir or PROJECT_ROOT / "notebooks" / "executed" / preset) / f"{name}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out.with_suffix(".run.ipynb")) as tmp:
+        papermill.execute_notebook(str(src), str(tmp), parameters={"preset": preset, **(parameters or {})},
+                                   progress_bar=progress, kernel_name="python3", cwd=str(PROJECT_ROOT))
+        text = nbformat.writes(normalize(nbformat.read(str(tmp), as_version=4)))
+    return write_if_changed(out, text)
+
+
+def reproduce(preset: str, names=NOTEBOOKS, *, progress: bool = True) -> list[dict]:
+    """Run ``names`` in order, printing each one's time; returns one row per notebook."""
+    rows = []
+    for name in names:
+        t0 = time.perf_counter()
+        print(f"== {name} ({preset})", flush=True)
+        changed = run_notebook(name, preset, progress=progress)
+        rows.append({"notebook": name, "seconds": round(time.perf_counter() - t0, 1), "changed": changed})
+        print(f"   {name}: {rows[-1]['seconds']:.0f} s, {'changed' if changed else 'unchanged'}", flush=True)
+    return rows
