@@ -66,6 +66,9 @@ def test_notebook_runs_on_smoke(name, roots):
     assert sidecar["config"]["preset"] == "smoke" and "git" in sidecar
     assert (figures / "smoke" / f"{name}.png").stat().st_size > 10_000
     assert (figures / "smoke" / f"{name}.pdf").is_file()
+    nb = json.loads((executed / f"{name}.ipynb").read_text())
+    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert images, f"{name}: the executed notebook shows no figure inline"
 
 
 def test_paper_vs_ours_report_from_the_notebooks_tables(roots):
@@ -74,6 +77,12 @@ def test_paper_vs_ours_report_from_the_notebooks_tables(roots):
     results, _, _ = roots
     assert main(["report", "--preset", "smoke", "--dataset", "synthetic", "--results-root", str(results)]) == 0
     text = (results / "smoke" / "paper_vs_ours.md").read_text()
-    assert "| BadNets |" in text and "0.52 (poisoned) -> 0.88" in text
+    # the measured numbers of the notebooks' tables are in it, as written there
+    res = results / "smoke" / "synthetic"
+    fig5 = pd.read_csv(res / "fig5_filtering.csv").set_index("attack")
+    assert f"| BadNets | {fig5.loc['badnets', 'auroc']:.3f} | {fig5.loc['badnets', 'top0.5pct_precision']:.3f} |" in text
+    fig4 = pd.read_csv(res / "fig4_defense_tradeoff.csv")
+    burn = fig4[(fig4.attack == "badnets") & (fig4.defense == "burn")].iloc[0]
+    assert f"| BadNets | burn | {burn.acc:.3f} | {burn.asr:.3f} | {burn.ra:.3f} |" in text
     # every artifact of the run above is reported (none says "Not run yet")
     assert "Not run yet" not in text

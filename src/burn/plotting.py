@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+# No backend is forced: headless runs get Agg by matplotlib's own fallback, and notebooks keep
+# the inline backend, so every executed notebook shows its figures.
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
 
 def set_style() -> None:
