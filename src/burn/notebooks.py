@@ -20,12 +20,16 @@ VOLATILE = ("start_time", "end_time", "duration")
 
 
 def normalize(nb: dict) -> dict:
-    """``nb`` without run-specific timing: papermill's start/end/duration (notebook and cells)
-    and Jupyter's per-cell execution timestamps."""
+    """``nb`` without run-specific content: papermill's start/end/duration (notebook and cells),
+    Jupyter's per-cell execution timestamps, and the random id papermill gives the cell of
+    injected parameters."""
     for meta in [nb.get("metadata", {})] + [c.get("metadata", {}) for c in nb.get("cells", [])]:
         for key in VOLATILE:
             meta.get("papermill", {}).pop(key, None)
         meta.pop("execution", None)
+    for cell in nb.get("cells", []):
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            cell["id"] = "injected-parameters"
     return nb
 
 
@@ -40,7 +44,7 @@ def run_notebook(name: str, preset: str, *, parameters: dict | None = None,
         raise FileNotFoundError(f"no notebook {src}; the notebooks are {list(NOTEBOOKS)}")
     out = Path(out_dir or PROJECT_ROOT / "notebooks" / "executed" / preset) / f"{name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out.with_suffix(".run.ipynb")) as tmp:
+    with atomic_path(out, suffix=".ipynb") as tmp:
         papermill.execute_notebook(str(src), str(tmp), parameters={"preset": preset, **(parameters or {})},
                                    progress_bar=progress, kernel_name="python3", cwd=str(PROJECT_ROOT))
         text = nbformat.writes(normalize(nbformat.read(str(tmp), as_version=4)))
