@@ -47,8 +47,16 @@ def run_notebook(name: str, preset: str, *, parameters: dict | None = None,
     with atomic_path(out, suffix=".ipynb") as tmp:
         papermill.execute_notebook(str(src), str(tmp), parameters={"preset": preset, **(parameters or {})},
                                    progress_bar=progress, kernel_name="python3", cwd=str(PROJECT_ROOT))
-        text = nbformat.writes(normalize(nbformat.read(str(tmp), as_version=4)))
+        nb = normalize(nbformat.read(str(tmp), as_version=4))
+        # the paths as a reader of the repository sees them (not this machine's, not the temp file)
+        nb.metadata.papermill.update(input_path=_relative(src), output_path=_relative(out))
+        text = nbformat.writes(nb)
     return write_if_changed(out, text)
+
+
+def _relative(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(PROJECT_ROOT)) if PROJECT_ROOT in path.parents else str(path)
 
 
 def reproduce(preset: str, names=NOTEBOOKS, *, progress: bool = True) -> list[dict]:
