@@ -7,10 +7,11 @@ durations are removed first, so rerunning a cached pipeline leaves every execute
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
-from .atomic import atomic_path, write_if_changed
+from .atomic import write_if_changed
 from .config import PROJECT_ROOT
 
 # In the paper's order; Fig. 4 last, since it reads the records the others write.
@@ -44,7 +45,8 @@ def run_notebook(name: str, preset: str, *, parameters: dict | None = None,
         raise FileNotFoundError(f"no notebook {src}; the notebooks are {list(NOTEBOOKS)}")
     out = Path(out_dir or PROJECT_ROOT / "notebooks" / "executed" / preset) / f"{name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out, suffix=".ipynb") as tmp:
+    with tempfile.TemporaryDirectory(prefix="burn-nb-") as tmpdir:
+        tmp = Path(tmpdir) / out.name
         papermill.execute_notebook(str(src), str(tmp), parameters={"preset": preset, **(parameters or {})},
                                    progress_bar=progress, kernel_name="python3", cwd=str(PROJECT_ROOT))
         nb = normalize(nbformat.read(str(tmp), as_version=4))
