@@ -1,0 +1,98 @@
+"""The committed results are what their configs say, in the spirit of RobustBench's
+``tests/test_clean_acc.py``: every record's checksum holds and its config hashes to its key
+(fast), each preset names the models committed for it, and every committed ``model.pt``
+reproduces the ACC / ASR / RA of its ``none.json`` (slow; where CIFAR-10 is present)."""
+
+from pathlib import Path
+
+import pytest
+
+from burn.cache import config_hash, load_npz, load_torch, read_json
+from burn.config import PROJECT_ROOT, BurnCfg, ExperimentCfg, from_dict, load_preset
+from burn.deepfool import DEEPFOOL_VERSION
+from burn.experiment import attack_key, results_dir
+
+RESULTS = PROJECT_ROOT / "results"
+MODELS = sorted(p.parent for p in RESULTS.glob("*/*/**/none.json"))
+BURNS = sorted(RESULTS.glob("*/*/**/burn*.json"))
+
+
+def _id(p: Path) -> str:
+    return str(p.relative_to(RESULTS))
+
+
+def _model_folder(burn_record: Path) -> Path:
+    """The attacked model's folder of a Burn record (Table 2's runs lie in ablation/<key>/)."""
+    d = burn_record.parent
+    return d.parent.parent if d.parent.name == "ablation" else d
+
+
+def test_there_are_committed_results():
+    assert len(MODELS) >= 9 and len(BURNS) >= 10
+
+
+@pytest.mark.parametrize("folder", MODELS, ids=_id)
+def test_model_record_hashes_to_its_key(folder):
+    rec = read_json(folder / "none.json")  # verifies the checksum
+    cfg = from_dict(ExperimentCfg, rec["config"])
+    assert attack_key(cfg, rec["dataset"]) == rec["config_hash"]
+    saved = load_torch(folder / "model.pt")  # verifies the weights' checksum
+    assert saved["config_hash"] == rec["config_hash"] and "sha256" in saved
+    if (folder / "deepfool.npz").is_file():
+        z = load_npz(folder / "deepfool.npz")
+        assert str(z["key"]) == config_hash("deepfool", DEEPFOOL_VERSION, rec["config_hash"], cfg.deepfool)
+        assert len(z["norms"]) == rec["num_train"]
+
+
+@pytest.mark.parametrize("path", BURNS, ids=_id)
+def test_burn_record_hashes_to_its_key(path):
+    rec = read_json(path)
+    model = read_json(_model_folder(path) / "none.json")
+    cfg = from_dict(ExperimentCfg, rec["config"])
+    assert rec["attack_config_hash"] == model["config_hash"]
+    dkey = config_hash("deepfool", DEEPFOOL_VERSION, model["config_hash"], cfg.deepfool)
+    assert rec["deepfool"]["key"] == dkey
+    assert config_hash("burn", model["config_hash"], dkey, from_dict(BurnCfg, rec["config"]["burn"])) \
+        == rec["config_hash"]
+
+
+def _preset_configs():
+    """(preset config, folder) for every attack committed under a preset's own folders and
+    every regime variant of the regime study."""
+    from burn.studies import load_regimes, regime_cfg
+
+    out = []
+    for preset in ("cpu", "cpu-w16"):
+        for attack in ("clean", "badnets", "blended"):
+            cfg = load_preset(preset, {"attack": {"name": attack}})
+            if (results_dir(cfg) / "none.json").is_file():
+                out.append(cfg)
+    preset, attack, regimes = load_regimes(PROJECT_ROOT / "experiments" / "regime_badnets.yaml")
+    out += [c for c in (regime_cfg(preset, attack, r) for r in regimes)
+            if (results_dir(c) / "none.json").is_file()]
+    return out
+
+
+@pytest.mark.parametrize("cfg", _preset_configs(), ids=lambda c: f"{c.preset}/{c.attack.name}/{c.variant}")
+def test_each_preset_names_its_committed_model(cfg):
+    """A preset (or a regime) loads its committed model instead of training a new one."""
+    rec = read_json(results_dir(cfg) / "none.json")
+    assert attack_key(cfg, rec["dataset"]) == rec["config_hash"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", _preset_configs(), ids=lambda c: f"{c.preset}/{c.attack.name}/{c.variant}")
+def test_committed_model_reproduces_its_record(cfg):
+    """Up to ``STORED_TOLERANCE_IMAGES`` test images may differ: float32 rounding differs
+    between CPUs and can flip a borderline prediction."""
+    from burn.data import DatasetNotFoundError
+    from burn.experiment import attacked_model, measure_stored
+    from burn.runtime import Runtime
+
+    try:
+        run = attacked_model(cfg, Runtime(progress=False))
+    except DatasetNotFoundError as e:
+        pytest.skip(str(e))
+    assert not run.trained_now
+    m = measure_stored(run)
+    assert m["agree"], (m["measured"], {k: run.record[k] for k in ("acc", "asr", "ra")})
