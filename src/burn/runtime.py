@@ -65,7 +65,11 @@ class Runtime:
             print(message, file=sys.stderr, flush=True)
 
     def apply(self) -> "Runtime":
-        """Set torch's thread count (process-wide); returns self."""
+        """Set torch's thread count and, on a GPU, exact float32 matmuls and convolutions
+        (TF32 off: DeepFool's distances must match a CPU recomputation); process-wide."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+        if self.torch_device().type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         return self

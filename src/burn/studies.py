@@ -15,10 +15,14 @@ from .config import PROJECT_ROOT, load_preset
 
 @dataclass(frozen=True)
 class Regime:
+    """One row of the regime study: overrides of the study's preset, stored as its variant
+    ``name``; or, with ``preset``, another preset's own results (``name`` labels the row)."""
+
     name: str
     why: str
     overrides: dict = field(default_factory=dict)
     needs: str = "cpu"
+    preset: str = ""
 
 
 def load_regimes(path) -> tuple[str, str, list[Regime]]:
@@ -29,9 +33,9 @@ def load_regimes(path) -> tuple[str, str, list[Regime]]:
 
 def regime_cfg(preset: str, attack: str, regime: Regime):
     over = {**regime.overrides, "attack": {**regime.overrides.get("attack", {}), "name": attack}}
-    if regime.name:
+    if regime.name and not regime.preset:
         over["variant"] = regime.name
-    return load_preset(preset, over)
+    return load_preset(regime.preset or preset, over)
 
 
 def regime_row(cfg, regime: Regime, results_root=None) -> dict:
@@ -40,6 +44,7 @@ def regime_row(cfg, regime: Regime, results_root=None) -> dict:
 
     d = results_dir(cfg, results_root)
     row = {"regime": regime.name or cfg.preset, "why": regime.why, "needs": regime.needs,
+           "head": "BN-ReLU" if cfg.model.final_bn_relu else "BackdoorBench", "pool": cfg.attack.pool,
            "arch": cfg.model.arch, "width": cfg.model.width, "epochs": cfg.train.epochs,
            "augment": cfg.train.augment, "status": "not run"}
     if (d / "none.json").is_file():
