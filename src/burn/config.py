@@ -245,7 +245,10 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Experimen
     dataset = raw.get("data", {}).get("dataset", DataCfg.dataset)
     if dataset in per_dataset:
         raw = _deep_merge(_deep_merge(raw, per_dataset[dataset]), overrides or {})
-    return from_dict(ExperimentCfg, raw, where=path.name)
+    try:
+        return from_dict(ExperimentCfg, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (preset {path.name}{' with --set' if overrides else ''})") from None
 
 
 def replace(cfg, **changes):
