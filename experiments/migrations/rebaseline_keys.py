@@ -129,6 +129,11 @@ def update_configs(root: Path) -> int:
     from burn.config import to_dict
 
     n = 0
+    for f in sorted(root.rglob("none.json")):  # the non-target pool put no poison in the target class
+        data = read_json(f)
+        if "num_poisoned_target_class" not in data and data["config"]["attack"].get("pool") == "non_target":
+            write_json(f, {**data, "num_poisoned_target_class": 0})
+            n += 1
     for f in sorted(root.rglob("*")):
         if f.suffix == ".json" and f.name != "regime.csv.json":
             data = read_json(f)
