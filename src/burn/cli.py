@@ -15,6 +15,7 @@ from .cache import DamagedFileError
 from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset
 from .data import DatasetNotFoundError
 from .experiment import ResultsConflictError
+from .attacks import ATTACKS
 from .runtime import Runtime
 
 EPILOG = """examples:
@@ -54,7 +55,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu",
                    help=f"settings regime: one of {available_presets()} (default: cpu)")
     p.add_argument("--dataset", help="cifar10 | cifar100 | tiny | synthetic (default: the preset's)")
-    p.add_argument("--attack", help="clean | badnets | blended (default: the preset's)")
+    p.add_argument("--attack", help=f"{' | '.join(ATTACKS)} (default: the preset's)")
     p.add_argument("--data-root", help="folder holding the datasets (default: $BURN_DATA or ../shared/data)")
     p.add_argument("--download", action="store_true", help="download missing datasets with torchvision (needs internet)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -55,9 +55,9 @@ def regime_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
 
 
 def _attack_label(a: str) -> str:
-    from .artifacts import ATTACK_LABELS
+    from .artifacts import attack_label
 
-    return ATTACK_LABELS.get(a, a)
+    return attack_label(a)
 
 
 def table1_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from burn.attacks import ATTACKS, BadNets, Blended, NoAttack, make_attack
@@ -81,7 +82,7 @@ def test_clean_run_poisons_nothing_and_measures_badnets_trigger():
     ds = _dataset(50)
     p = NoAttack().poison_train(ds, generator=torch.Generator().manual_seed(0))
     assert not p.poison_mask.any() and torch.equal(p.images, ds.images)
-    pt = NoAttack().poison_test(ds)
+    pt = NoAttack().fit(ds, generator=torch.Generator()).poison_test(ds)
     assert (pt.images[..., -3:, -3:] == 255).all()
 
 
@@ -90,3 +91,32 @@ def test_registry_builds_from_config():
     a = make_attack(AttackCfg(name="blended", target=1, rate=0.05, params={"alpha": 0.3}))
     assert a == Blended(target=1, rate=0.05, alpha=0.3)
     assert "alpha=0.3" in repr(a)
+
+
+def test_low_frequency_adds_backdoorbenchs_trigger_and_clips():
+    from burn.attacks import LowFrequency
+    from burn.attacks.lf import load_additive
+
+    ds = _dataset(n=20)
+    lf = LowFrequency().fit(ds, generator=torch.Generator().manual_seed(0))
+    assert lf.trigger_file == "lowFrequency_cifar10_preactresnet18_0_255.npy"
+    t = load_additive(lf.trigger_file)
+    assert t.shape == (3, 32, 32) and t.min() >= 0 and t.max() <= 51 / 255 + 1e-7
+    assert float(t[1].abs().max()) == 0.0  # BackdoorBench's CIFAR-10 file: green channel all zero
+    out = lf.triggered(ds.images)  # uint8 in, uint8 out: exactly clip(x + t, 0, 255)
+    expected = (ds.images.int() + (t * 255).round().int()).clamp(0, 255).to(torch.uint8)
+    assert torch.equal(out, expected)
+    white = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    assert torch.equal(lf.triggered(white), white)  # clipped, never wrapped
+    with pytest.raises(RuntimeError, match="before fit"):
+        LowFrequency().apply_trigger(torch.zeros(1, 3, 32, 32))
+
+
+def test_clean_model_measures_the_trigger_of_a_fitted_attack():
+    ds = _dataset(n=20)
+    clean = make_attack(AttackCfg(name="clean", params={"trigger": "lf"})).fit(
+        ds, generator=torch.Generator().manual_seed(0))
+    p = clean.poison_train(ds, generator=torch.Generator().manual_seed(0))
+    assert not p.poison_mask.any() and torch.equal(p.images, ds.images)
+    x = torch.zeros(1, 3, 32, 32)
+    assert torch.equal(clean.apply_trigger(x), ATTACKS["lf"]().fit(ds, generator=None).apply_trigger(x))

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..config import AttackCfg
 from .badnets import BadNets
 from .base import Attack, PoisonedDataset, to_uint8
 from .blended import Blended
+from .lf import LowFrequency
 
 
 @dataclass(frozen=True)
@@ -18,17 +20,27 @@ class NoAttack(Attack):
     baseline rate at which that trigger alone sends images to the target."""
 
     trigger: str = "badnets"
+    trigger_attack: Attack | None = None  # set by fit: the attack whose trigger is applied
 
     name = "clean"
+    label = "Clean"
+
+    def fit(self, train, *, generator, model=None) -> "NoAttack":
+        fitted = ATTACKS[self.trigger](target=self.target).fit(train, generator=generator, model=model)
+        return dataclasses.replace(self, trigger_attack=fitted)
 
     def select_poison(self, labels, *, generator):
         return labels.new_zeros(0)
 
     def apply_trigger(self, images):
-        return ATTACKS[self.trigger](target=self.target).apply_trigger(images)
+        if self.trigger_attack is None:
+            raise RuntimeError("NoAttack.apply_trigger before fit()")
+        return self.trigger_attack.apply_trigger(images)
 
 
-ATTACKS: dict[str, type[Attack]] = {"clean": NoAttack, "badnets": BadNets, "blended": Blended}
+# The one registry of attacks: the CLI, the configs and every figure's labels read it.
+ATTACKS: dict[str, type[Attack]] = {"clean": NoAttack, "badnets": BadNets, "blended": Blended,
+                                    "lf": LowFrequency}
 
 
 def make_attack(cfg: AttackCfg) -> Attack:
@@ -37,5 +49,5 @@ def make_attack(cfg: AttackCfg) -> Attack:
     return ATTACKS[cfg.name](target=cfg.target, rate=cfg.rate, pool=cfg.pool, **cfg.params)
 
 
-__all__ = ["ATTACKS", "Attack", "BadNets", "Blended", "NoAttack", "PoisonedDataset",
+__all__ = ["ATTACKS", "Attack", "BadNets", "Blended", "LowFrequency", "NoAttack", "PoisonedDataset",
            "make_attack", "to_uint8"]

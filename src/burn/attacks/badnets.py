@@ -17,6 +17,7 @@ class BadNets(Attack):
     trigger_file: str = "badnet_trigger_image.png"
 
     name = "badnets"
+    label = "BadNets"
 
     def apply_trigger(self, images: Tensor) -> Tensor:
         trig = load_image(self.trigger_file, tuple(images.shape[-2:]), nearest=True)

@@ -2,9 +2,10 @@
 
 An attack is a frozen dataclass whose fields are its hyperparameters. The shared flow:
 
-1. ``attack.fit(train, generator=...)`` returns the attack ready to use. Trigger-only attacks
-   (BadNets, Blended) return themselves; attacks that optimize a trigger or train a generator
-   (TrojanNN, SSBA, LF, Input-aware) return a fitted copy holding it.
+1. ``attack.fit(train, generator=..., model=None)`` returns the attack ready to use.
+   Trigger-only attacks (BadNets, Blended) return themselves; attacks that choose or optimize
+   a trigger or train a generator (LF, TrojanNN, SSBA, Input-aware) return a fitted copy
+   holding it.
 2. ``attack.poison_train(train, generator=...)`` returns a :class:`PoisonedDataset`.
 3. ``attack.poison_test(test)`` returns the non-target test images with the trigger.
 
@@ -72,9 +73,13 @@ class Attack:
     pool: str = "all"
 
     name = "attack"
+    label = "Attack"  # as the paper's figures name it
     clean_label = False
 
-    def fit(self, train: ImageDataset, *, generator: torch.Generator) -> "Attack":
+    def fit(self, train: ImageDataset, *, generator: torch.Generator, model=None) -> "Attack":
+        """The attack ready to use. Attacks with a fixed trigger return themselves; attacks
+        that choose or optimize a trigger return a fitted copy (``model``: a clean model of
+        the same architecture, for attacks that optimize against one)."""
         return self
 
     def apply_trigger(self, images: Tensor) -> Tensor:

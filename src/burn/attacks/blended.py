@@ -17,6 +17,7 @@ class Blended(Attack):
     trigger_file: str = "blended_hello_kitty.jpeg"
 
     name = "blended"
+    label = "Blended"
 
     def apply_trigger(self, images: Tensor) -> Tensor:
         trig = load_image(self.trigger_file, tuple(images.shape[-2:]))
