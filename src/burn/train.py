@@ -21,18 +21,21 @@ from .models import to_model_format
 def augment_batch(x: Tensor, generator: torch.Generator, padding: int = 4,
                   flip: bool = True) -> Tensor:
     """Random crop (zero padding ``padding``) and, with ``flip``, a random horizontal flip, per
-    sample, vectorized. ``x``: (B, C, H, W) float."""
+    sample, vectorized, on ``x``'s device. ``x``: (B, C, H, W) float. The random draws come
+    from ``generator`` (a CPU generator), so a run on a GPU draws the same crops and flips."""
     b, c, h, w = x.shape
+    dev = x.device
     if padding > 0:
         padded = F.pad(x, (padding,) * 4)
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-        x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev, non_blocking=True)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev, non_blocking=True)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        x = padded[torch.arange(b, device=dev)[:, None, None, None],
+                   torch.arange(c, device=dev)[None, :, None, None], rows, cols]
     if not flip:
         return x
-    flipped = torch.rand(b, generator=generator) < 0.5
+    flipped = (torch.rand(b, generator=generator) < 0.5).to(dev, non_blocking=True)
     return torch.where(flipped[:, None, None, None], x.flip(-1), x)
 
 
@@ -46,30 +49,35 @@ def run_epoch(model: nn.Module, optimizer, images: Tensor, labels: Tensor, *, ba
               generator: torch.Generator, augment: bool, crop_padding: int = 4,
               flip: bool = True, amp_bf16: bool = False, progress: bool = False,
               desc: str = "") -> float:
-    """One pass of cross-entropy training over ``images`` (uint8 or float in [0, 1]).
-    Returns the mean training loss."""
+    """One pass of cross-entropy training over ``images`` (uint8 or float in [0, 1], on the
+    CPU or already on the model's device). Returns the mean training loss. The loss is summed
+    on the device and read once at the end (the bar reads it every 50 steps), so a GPU step
+    never waits for the host."""
     model.train()
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     batches = iterate_batches(len(labels), batch_size, generator)
     bar = tqdm(batches, total=math.ceil(len(labels) / batch_size), desc=desc, leave=False,
                disable=not progress)
-    for idx in bar:
+    for step, idx in enumerate(bar):
+        idx = idx.to(images.device, non_blocking=True)
         x = images[idx]
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
         if augment:
             x = augment_batch(x, generator, crop_padding, flip)
         x = to_model_format(model, x.to(device, non_blocking=True))
-        y = labels[idx].to(device, non_blocking=True)
+        y = labels[idx.to(labels.device)].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_bf16):
             loss = F.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss.detach()) * len(idx)
+        total += loss.detach().double() * len(idx)
         count += len(idx)
-        bar.set_postfix(loss=f"{total / count:.3f}")
-    return total / max(count, 1)
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{float(total) / count:.3f}")
+    return float(total) / max(count, 1)
 
 
 def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg, *,
