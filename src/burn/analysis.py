@@ -105,6 +105,10 @@ def separation_summary(norms: Tensor, adv_labels: Tensor, poison_mask: Tensor,
         out[f"{key}_clean_classes"] = {int(c): int(k) for c, k in
                                        zip(*torch.unique(original_labels[clean_top], return_counts=True))}
         if given_labels is not None:
+            # only the mislabeled (dirty-label) poison is what relabeling repairs; with
+            # BackdoorBench's pool, target-class images carry the trigger under their own label
+            mislabeled = given_labels != original_labels
+            out[f"{key}_mislabeled_precision"] = float(mislabeled[top].float().mean())
             # the opt-in repair (BurnCfg.selection="suspect_class"): the same number of samples,
             # drawn from the given label with the largest median distance only
             sc = suspect_class(norms, given_labels)
@@ -112,4 +116,6 @@ def separation_summary(norms: Tensor, adv_labels: Tensor, poison_mask: Tensor,
             st = top_fraction_stats(norms.masked_fill(~in_class, float("-inf")), mask, f)
             out["suspect_class"] = sc
             out[f"{key}_suspect_class_precision"] = st["precision"]
+            st = top_fraction_stats(norms.masked_fill(~in_class, float("-inf")), mislabeled, f)
+            out[f"{key}_suspect_class_mislabeled_precision"] = st["precision"]
     return out

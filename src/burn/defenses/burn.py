@@ -53,7 +53,8 @@ class BurnIteration:
     acc: float | None = None
     asr: float | None = None
     ra: float | None = None
-    precision: float | None = None  # share of P_t that is truly poisoned
+    precision: float | None = None  # share of P_t that carries the trigger
+    mislabeled_precision: float | None = None  # share of P_t whose given label is wrong
     recall: float | None = None  # share of the poisoned samples that are in P_t
     poisoned_in_clean_set: int | None = None  # truly poisoned samples in C_t
     revert_share: float | None = None  # share of P_t whose y_adv is the original label
@@ -110,7 +111,12 @@ def _top(score: Tensor, n: int, largest: bool) -> Tensor:
     return order[:n]
 
 
-def _selection_stats(p_idx, c_idx, y_adv, poison_mask, original_labels) -> dict:
+def _selection_stats(p_idx, c_idx, y_adv, poison_mask, original_labels, labels) -> dict:
+    """What P_t and C_t hold, against the ground truth (for the report only). ``precision``
+    counts every sample with the trigger; ``mislabeled_precision`` only those whose given
+    label is wrong (the dirty-label poison that relabeling can repair): with BackdoorBench's
+    pool, target-class images carry the trigger under their own, correct label, and
+    relabeling them to their adversarial label makes them wrong."""
     out = {"poison_set_label_counts": {int(k): int(v) for k, v in
                                        zip(*torch.unique(y_adv[p_idx], return_counts=True))}}
     if poison_mask is not None:
@@ -119,6 +125,8 @@ def _selection_stats(p_idx, c_idx, y_adv, poison_mask, original_labels) -> dict:
         out["recall"] = tp / max(int(poison_mask.sum()), 1)
         out["poisoned_in_clean_set"] = int(poison_mask[c_idx].sum())
     if original_labels is not None:
+        out["mislabeled_precision"] = float((labels[p_idx] != original_labels[p_idx]).float().mean()) \
+            if len(p_idx) else 0.0
         out["revert_share"] = float((y_adv[p_idx] == original_labels[p_idx]).float().mean()) if len(p_idx) else 0.0
     return out
 
@@ -194,7 +202,8 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
         finetune(ft, images[idx], y, cfg, gen, flip=flip)
         it = BurnIteration(t=t, lam=lam, alpha=alpha, beta=beta, n_poison_set=len(p_idx),
                            n_clean_set=len(c_idx), wall_s=0.0,
-                           **_selection_stats(p_idx, c_idx, adv_labels, poison_mask, original_labels))
+                           **_selection_stats(p_idx, c_idx, adv_labels, poison_mask, original_labels,
+                                              labels))
         if evaluate is not None:
             for k, v in evaluate(ft).items():
                 setattr(it, k, v)
