@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PRESET ?= cpu
 
-.PHONY: help install test test-slow demo reproduce regime clean-venv
+.PHONY: help install test test-slow demo reproduce regime gpu-data clean-venv
 
 help:
 	@echo "make demo      - load the committed cpu-preset BadNets model, measure its ACC/ASR/RA, print its"
@@ -38,6 +38,11 @@ reproduce: install
 
 regime: install
 	$(VENV)/bin/burn regime $(if $(RUN),--run,)
+
+gpu-data:  # what experiments/gpu/run.sh needs on a GPU lease, in an ignored folder that travels
+	mkdir -p .gpu-data/triggers
+	cp ../shared/data/cifar10-jpeg.tar.gz .gpu-data/
+	cp ../shared/triggers/* .gpu-data/triggers/
 
 clean-venv:
 	rm -rf $(VENV)
