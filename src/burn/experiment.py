@@ -97,7 +97,7 @@ def attack_key(cfg: ExperimentCfg, data_name: str) -> str:
                        cfg.attack)
 
 
-def _load_committed(cfg, model, out: Path, key: str) -> dict | None:
+def _load_committed(model, out: Path, key: str) -> dict | None:
     """The stored record of ``out`` with its weights loaded into ``model``, or None if there
     is none; a model of another config is refused, a damaged one reported."""
     record_path, model_path = out / "none.json", out / "model.pt"
@@ -142,7 +142,7 @@ def attacked_model(cfg: ExperimentCfg, runtime: Runtime = Runtime(), *,
     key = attack_key(cfg, poisoned.name)
     out = results_dir(cfg, runtime.results_root)
     model = build_model(cfg, len(poisoned.classes), runtime)
-    record = None if retrain else _load_committed(cfg, model, out, key)
+    record = None if retrain else _load_committed(model, out, key)
     trained_now = record is None
     if trained_now:
         ensure_writable(out)
@@ -171,8 +171,7 @@ def _train_attacked(cfg, runtime, model, attack, poisoned, test, poisoned_test, 
     # on a GPU the training set lives on the device (150 MB for CIFAR-10), so a step copies
     # nothing from the host
     device = runtime.torch_device()
-    images, labels = (poisoned.images, poisoned.labels) if device.type == "cpu" else \
-        (poisoned.images.to(device), poisoned.labels.to(device))
+    images, labels = poisoned.images.to(device), poisoned.labels.to(device)  # no copy on the CPU
     history = train_model(model, images, labels, cfg.train,
                           flip=dataset_spec(cfg.data.dataset).flip, checkpoint=ckpt,
                           progress=runtime.progress)
