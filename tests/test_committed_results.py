@@ -10,6 +10,7 @@ import pytest
 from burn.cache import config_hash, load_npz, load_torch, read_json
 from burn.config import PROJECT_ROOT, BurnCfg, ExperimentCfg, from_dict, load_preset
 from burn.deepfool import DEEPFOOL_VERSION
+from burn.attacks import ATTACKS
 from burn.experiment import attack_key, results_dir
 
 RESULTS = PROJECT_ROOT / "results"
@@ -35,7 +36,7 @@ def test_there_are_committed_results():
 def test_model_record_hashes_to_its_key(folder):
     rec = read_json(folder / "none.json")  # verifies the checksum
     cfg = from_dict(ExperimentCfg, rec["config"])
-    assert attack_key(cfg, rec["dataset"]) == rec["config_hash"]
+    assert attack_key(cfg, rec["dataset"], tuple(rec.get("key_parts", ()))) == rec["config_hash"]
     saved = load_torch(folder / "model.pt")  # verifies the weights' checksum
     assert saved["config_hash"] == rec["config_hash"] and "sha256" in saved
     if (folder / "deepfool.npz").is_file():
@@ -63,7 +64,7 @@ def _preset_configs():
 
     out = []
     for preset in ("cpu", "cpu-w16"):
-        for attack in ("clean", "badnets", "blended"):
+        for attack in ATTACKS:
             cfg = load_preset(preset, {"attack": {"name": attack}})
             if (results_dir(cfg) / "none.json").is_file():
                 out.append(cfg)
@@ -77,7 +78,7 @@ def _preset_configs():
 def test_each_preset_names_its_committed_model(cfg):
     """A preset (or a regime) loads its committed model instead of training a new one."""
     rec = read_json(results_dir(cfg) / "none.json")
-    assert attack_key(cfg, rec["dataset"]) == rec["config_hash"]
+    assert attack_key(cfg, rec["dataset"], tuple(rec.get("key_parts", ()))) == rec["config_hash"]
 
 
 @pytest.mark.slow

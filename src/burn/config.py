@@ -240,11 +240,16 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Experimen
     raw.setdefault("preset", path.stem)
     # ``dataset_overrides: {cifar100: {model: {arch: preactresnet34}}}`` in a preset applies
     # to the dataset finally chosen (the paper uses a deeper model for CIFAR-100 / Tiny).
+    # ``attack_overrides: {inputaware: {attack: {params: {mask_epochs: 2}}}}`` likewise applies
+    # to the attack finally chosen (an attack's own costs sized per preset).
     per_dataset = raw.pop("dataset_overrides", {}) or {}
+    per_attack = raw.pop("attack_overrides", {}) or {}
     raw = _deep_merge(raw, overrides or {})
     dataset = raw.get("data", {}).get("dataset", DataCfg.dataset)
-    if dataset in per_dataset:
-        raw = _deep_merge(_deep_merge(raw, per_dataset[dataset]), overrides or {})
+    attack = raw.get("attack", {}).get("name", AttackCfg.name)
+    for extra in (per_dataset.get(dataset), per_attack.get(attack)):
+        if extra:
+            raw = _deep_merge(_deep_merge(raw, extra), overrides or {})
     try:
         return from_dict(ExperimentCfg, raw)
     except ConfigError as e:

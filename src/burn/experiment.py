@@ -8,6 +8,7 @@ its config hash matches, so a reviewer runs every defense without training.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,9 +21,19 @@ from torch import nn
 from .analysis import separation_summary
 from .atomic import ensure_writable
 from .attacks import Attack, PoisonedDataset, make_attack
-from .cache import (DamagedFileError, config_hash, load_torch, read_json, run_dir, save_torch,
-                    save_npz, load_npz, tensors_sha256, write_json)
-from .config import PROJECT_ROOT, BurnCfg, ExperimentCfg, from_dict, to_dict
+from .cache import (
+    DamagedFileError,
+    config_hash,
+    load_npz,
+    load_torch,
+    read_json,
+    run_dir,
+    save_npz,
+    save_torch,
+    tensors_sha256,
+    write_json,
+)
+from .config import PROJECT_ROOT, AttackCfg, BurnCfg, ExperimentCfg, from_dict, to_dict
 from .data import ImageDataset, dataset_spec, load_dataset
 from .metrics import evaluate
 from .models import create_model
@@ -81,25 +92,58 @@ def build_model(cfg: ExperimentCfg, num_classes: int, runtime: Runtime = Runtime
     return model
 
 
+def clean_model_cfg(cfg: ExperimentCfg) -> ExperimentCfg:
+    """The config of the clean model an attack of ``cfg`` is built on (TrojanNN's trigger):
+    the same data, model, recipe and variant, with nothing poisoned."""
+    a = cfg.attack
+    return dataclasses.replace(cfg, attack=AttackCfg(name="clean", target=a.target, rate=a.rate,
+                                                     pool=a.pool))
+
+
+def fit_attack(cfg: ExperimentCfg, runtime: Runtime, train: ImageDataset) -> Attack:
+    """The attack of ``cfg`` fitted to ``train`` (deterministic; it never draws from the
+    poisoning generator). An attack that optimizes against a clean model gets the preset's
+    (loaded, or trained first)."""
+    attack = make_attack(cfg.attack)
+    clean = None
+    if attack.needs_clean_model:
+        runtime.say(f"{cfg.attack.name}: its trigger is optimized on the clean model of preset "
+                    f"{cfg.preset}")
+        clean = attacked_model(clean_model_cfg(cfg), runtime).model
+    return attack.fit(train, generator=torch.Generator().manual_seed(cfg.train.seed), model=clean,
+                      device=runtime.torch_device(), amp_bf16=cfg.train.amp_bf16,
+                      progress=runtime.progress)
+
+
+def poison(cfg: ExperimentCfg, attack: Attack, train: ImageDataset, test: ImageDataset):
+    """(poisoned training set, poisoned test set) of a fitted (or trained) attack."""
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    return attack.poison_train(train, generator=gen), attack.poison_test(test)
+
+
 def prepare_data(cfg: ExperimentCfg, runtime: Runtime = Runtime()):
-    """Load data, fit the attack and poison train and test sets (all deterministic)."""
+    """Load data, fit the attack and poison train and test sets (all deterministic); for an
+    attack that trains with the model (``custom_training``), use ``attacked_model``."""
     train, test = load_dataset(cfg.data, runtime.data_root, download=runtime.download,
                                seed=cfg.train.seed)
-    attack = make_attack(cfg.attack)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    attack = attack.fit(train, generator=gen)
-    poisoned = attack.poison_train(train, generator=gen)
-    return attack, poisoned, test, attack.poison_test(test)
+    if make_attack(cfg.attack).custom_training:
+        raise ValueError(f"{cfg.attack.name} poisons with what it learns in training: "
+                         "use attacked_model")
+    attack = fit_attack(cfg, runtime, train)
+    poisoned, poisoned_test = poison(cfg, attack, train, test)
+    return attack, poisoned, test, poisoned_test
 
 
-def attack_key(cfg: ExperimentCfg, data_name: str) -> str:
+def attack_key(cfg: ExperimentCfg, data_name: str, parts: tuple = ()) -> str:
+    """The attacked model's key; ``parts``: the fitted attack's ``key_parts()`` (stored in
+    none.json as ``key_parts``), for attacks that depend on more than their config."""
     return config_hash("attack", ATTACK_STAGE_VERSION, data_name, cfg.data, cfg.model, cfg.train,
-                       cfg.attack)
+                       cfg.attack, *parts)
 
 
-def _load_committed(model, out: Path, key: str) -> dict | None:
-    """The stored record of ``out`` with its weights loaded into ``model``, or None if there
-    is none; a model of another config is refused, a damaged one reported."""
+def _load_committed(model, out: Path, key: str) -> tuple[dict, dict] | None:
+    """(stored record, stored attack state) of ``out`` with its weights loaded into ``model``,
+    or None if there is none; a model of another config is refused, a damaged one reported."""
     record_path, model_path = out / "none.json", out / "model.pt"
     if not (model_path.is_file() and record_path.is_file()):
         return None
@@ -114,12 +158,15 @@ def _load_committed(model, out: Path, key: str) -> dict | None:
     bad = [k for k, v in saved["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
     if bad:
         raise DamagedFileError(model_path, f"non-finite weights in {bad[:3]}", hint)
+    state = saved.get("attack_state", {})
+    if state and tensors_sha256(state) != saved.get("attack_sha256"):
+        raise DamagedFileError(model_path, "its attack state does not match its checksum", hint)
     _load_half_state(model, saved["state_dict"])
     record = read_json(record_path)
     if record.get("config_hash") != key:
         raise DamagedFileError(record_path, f"its config hash {record.get('config_hash')} is not "
                                f"the model's ({key})")
-    return record
+    return record, state
 
 
 def measure_stored(run: "AttackRun") -> dict:
@@ -138,73 +185,112 @@ def attacked_model(cfg: ExperimentCfg, runtime: Runtime = Runtime(), *,
     """The attacked model of ``cfg``: the committed one when its key matches, else trained
     (resuming from the run cache) and written with its record."""
     runtime.apply()
-    attack, poisoned, test, poisoned_test = prepare_data(cfg, runtime)
-    key = attack_key(cfg, poisoned.name)
+    train, test = load_dataset(cfg.data, runtime.data_root, download=runtime.download,
+                               seed=cfg.train.seed)
+    attack = make_attack(cfg.attack)
+    if not attack.custom_training:  # custom ones fit (train their nets) only if not stored
+        attack = fit_attack(cfg, runtime, train)
+    key = attack_key(cfg, f"{train.name}, {attack.name}", attack.key_parts())
     out = results_dir(cfg, runtime.results_root)
-    model = build_model(cfg, len(poisoned.classes), runtime)
-    record = None if retrain else _load_committed(model, out, key)
-    trained_now = record is None
+    model = build_model(cfg, len(train.classes), runtime)
+    stored = None if retrain else _load_committed(model, out, key)
+    trained_now = stored is None
     if trained_now:
         ensure_writable(out)
-        record = _train_attacked(cfg, runtime, model, attack, poisoned, test, poisoned_test, key,
-                                 out, retrain)
+        record, attack = _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
+    else:
+        record, state = stored
+        attack = attack.with_state(state) if attack.custom_training else attack
+    poisoned, poisoned_test = poison(cfg, attack, train, test)
     return AttackRun(cfg, key, model.eval(), attack, poisoned, test, poisoned_test, record, out,
                      runtime, trained_now)
 
 
-def _train_attacked(cfg, runtime, model, attack, poisoned, test, poisoned_test, key, out,
-                    retrain) -> dict:
+def _fit_custom(cfg, runtime, attack, train, cache: Path) -> Attack:
+    """Fit a custom-training attack (Input-aware's mask net), kept in the run cache so an
+    interrupted training run does not fit it again."""
+    path = cache / "fitted_attack.pt"
+    if path.is_file():
+        return attack.with_state(load_torch(path)["attack_state"])
+    runtime.say(f"{cfg.attack.name}: fitting the attack's own networks before training")
+    attack = fit_attack(cfg, runtime, train)
+    save_torch({"attack_state": attack.attack_state()}, path)
+    return attack
+
+
+def _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain):
     cache = run_dir("attack", key)
     ckpt = cache / "checkpoint.pt"
     # A partly trained run committed from another machine (results/.../checkpoint-<key>.pt,
     # see results/README.md) resumes here; the run cache outside the repository may be gone.
     shipped = out / f"checkpoint-{key}.pt"
-    if retrain and ckpt.exists():
-        ckpt.unlink()
+    if retrain:
+        for f in (ckpt, cache / "fitted_attack.pt"):
+            f.unlink(missing_ok=True)
     if not retrain and not ckpt.exists() and shipped.is_file():
         shutil.copyfile(shipped, ckpt)
+    hook = None
+    if attack.custom_training:
+        attack = _fit_custom(cfg, runtime, attack, train, cache)
+        hook = attack.training_hook(seed=cfg.train.seed, device=runtime.torch_device())
+        images, labels = train.images, train.labels  # the hook poisons each batch
+    else:
+        poisoned, _ = poison(cfg, attack, train, test)
+        images, labels = poisoned.images, poisoned.labels
     runtime.say(f"train: {cfg.attack.name} model ({cfg.model.arch} width {cfg.model.width}, "
-                f"{cfg.train.epochs} epochs on {len(poisoned)} images, {runtime.torch_device()}); "
+                f"{cfg.train.epochs} epochs on {len(train)} images, {runtime.torch_device()}); "
                 f"a checkpoint after every epoch in {cache} lets an interrupted run resume"
                 + (" (resuming now)" if ckpt.exists() else "") + "; the bar shows the time left")
     t0 = time.perf_counter()
     # on a GPU the training set lives on the device (150 MB for CIFAR-10), so a step copies
     # nothing from the host
     device = runtime.torch_device()
-    images, labels = poisoned.images.to(device), poisoned.labels.to(device)  # no copy on the CPU
-    history = train_model(model, images, labels, cfg.train,
+    history = train_model(model, images.to(device), labels.to(device), cfg.train,
                           flip=dataset_spec(cfg.data.dataset).flip, checkpoint=ckpt,
-                          progress=runtime.progress)
+                          progress=runtime.progress, hook=hook)
     wall = time.perf_counter() - t0
-    history_wall = sum(h["epoch_s"] for h in history)  # includes epochs of interrupted sessions
+    if hook is not None:
+        attack = hook.fitted()
+    poisoned, poisoned_test = poison(cfg, attack, train, test)
     # Metrics are measured on the float16 weights that are committed, so the committed model
     # reproduces the committed numbers exactly.
     state = _half_state(model)
     _load_half_state(model, state)
     model.eval()
+    record = _attack_record(cfg, runtime, model, attack, poisoned, test, poisoned_test, key,
+                            history, wall)
+    attack_state = attack.attack_state()
+    save_torch({"config_hash": key, "config": to_dict(cfg), "state_dict": state,
+                "sha256": tensors_sha256(state),
+                **({"attack_state": attack_state, "attack_sha256": tensors_sha256(attack_state)}
+                   if attack_state else {})}, out / "model.pt")
+    write_json(out / "none.json", record)
+    shipped.unlink(missing_ok=True)  # superseded by model.pt
+    return record, attack
+
+
+def _attack_record(cfg, runtime, model, attack, poisoned, test, poisoned_test, key, history,
+                   wall) -> dict:
     metrics = evaluate(model, test, poisoned_test, cfg.attack.target)
     target_poisoned = poisoned.poison_mask & (poisoned.original_labels == cfg.attack.target)
-    record = {
+    return {
         **metrics,
         "dataset": poisoned.name,
         "attack": attack.describe(),
+        **({"key_parts": list(attack.key_parts())} if attack.key_parts() else {}),
         "num_train": len(poisoned),
         "num_poisoned": int(poisoned.poison_mask.sum()),
         "num_poisoned_target_class": int(target_poisoned.sum()),
+        **({"num_cross": int(poisoned.cross_mask.sum())} if poisoned.cross_mask is not None else {}),
         "num_test": len(test),
         "num_poisoned_test": len(poisoned_test),
-        "wall_s": round(history_wall, 1),
+        "wall_s": round(sum(h["epoch_s"] for h in history), 1),  # with interrupted sessions' epochs
         "wall_s_this_session": round(wall, 1),
         "config_hash": key,
         "config": to_dict(cfg),
         "history": history,
         **provenance(runtime),
     }
-    save_torch({"config_hash": key, "config": to_dict(cfg), "state_dict": state,
-                "sha256": tensors_sha256(state)}, out / "model.pt")
-    write_json(out / "none.json", record)
-    shipped.unlink(missing_ok=True)  # superseded by model.pt
-    return record
 
 
 def attack_by_class(run: AttackRun):

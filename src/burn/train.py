@@ -48,11 +48,12 @@ def iterate_batches(n: int, batch_size: int, generator: torch.Generator):
 def run_epoch(model: nn.Module, optimizer, images: Tensor, labels: Tensor, *, batch_size: int,
               generator: torch.Generator, augment: bool, crop_padding: int = 4,
               flip: bool = True, amp_bf16: bool = False, progress: bool = False,
-              desc: str = "") -> float:
+              desc: str = "", hook=None) -> float:
     """One pass of cross-entropy training over ``images`` (uint8 or float in [0, 1], on the
     CPU or already on the model's device). Returns the mean training loss. The loss is summed
     on the device and read once at the end (the bar reads it every 50 steps), so a GPU step
-    never waits for the host."""
+    never waits for the host. ``hook`` (an attack's ``training_hook``) rewrites each augmented
+    batch and adds its loss, and steps its own optimizer after the model's."""
     model.train()
     device = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -69,10 +70,17 @@ def run_epoch(model: nn.Module, optimizer, images: Tensor, labels: Tensor, *, ba
         x = to_model_format(model, x.to(device, non_blocking=True))
         y = labels[idx.to(labels.device)].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_bf16):
+            extra = None
+            if hook is not None:
+                x, y, extra = hook.batch(x, y, generator)
             loss = F.cross_entropy(model(x).float(), y)
+            if extra is not None:
+                loss = loss + extra.float()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if hook is not None:
+            hook.after_step()
         total += loss.detach().double() * len(idx)
         count += len(idx)
         if progress and step % 50 == 0:
@@ -83,12 +91,13 @@ def run_epoch(model: nn.Module, optimizer, images: Tensor, labels: Tensor, *, ba
 def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg, *,
                 flip: bool = True, checkpoint: Path | None = None, progress: bool = True,
                 on_epoch_end: Callable[[int, nn.Module], dict] | None = None,
-                stop_after: int | None = None) -> list[dict]:
+                stop_after: int | None = None, hook=None) -> list[dict]:
     """Train ``model`` in place. With ``checkpoint``, state is saved after every epoch and a
     run interrupted at any point resumes from the last finished epoch. ``stop_after`` ends the
     call after that many epochs (it simulates an interruption in tests). ``flip``: whether
-    augmentation flips (the dataset's setting, ``burn.data.DatasetSpec``). Returns the per-epoch
-    history."""
+    augmentation flips (the dataset's setting, ``burn.data.DatasetSpec``). ``hook``: an
+    attack's training hook (see ``run_epoch``), checkpointed with the model. Returns the
+    per-epoch history."""
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
@@ -101,6 +110,8 @@ def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg,
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         start, history = state["epoch"], state["history"]
+        if hook is not None:
+            hook.load_state_dict(state["hook"])
     epochs = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc="train",
                   disable=not progress)
     for epoch in epochs:
@@ -109,7 +120,8 @@ def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg,
         t0 = time.perf_counter()
         loss = run_epoch(model, opt, images, labels, batch_size=cfg.batch_size, generator=gen,
                          augment=cfg.augment, crop_padding=cfg.crop_padding, flip=flip,
-                         amp_bf16=cfg.amp_bf16, progress=progress, desc=f"epoch {epoch + 1}")
+                         amp_bf16=cfg.amp_bf16, progress=progress, desc=f"epoch {epoch + 1}",
+                         hook=hook)
         sched.step()
         row = {"epoch": epoch + 1, "loss": loss, "lr": opt.param_groups[0]["lr"],
                "epoch_s": time.perf_counter() - t0}
@@ -120,5 +132,6 @@ def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg,
         if checkpoint is not None:
             save_torch({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                        "epoch": epoch + 1, "history": history}, checkpoint)
+                        "epoch": epoch + 1, "history": history,
+                        **({"hook": hook.state_dict()} if hook is not None else {})}, checkpoint)
     return history

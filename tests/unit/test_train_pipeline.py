@@ -146,3 +146,27 @@ def test_burn_run_reuses_its_stored_record(tmp_path, monkeypatch):
         burn_run(other, tag="lr")
     with pytest.raises(AssertionError, match="run again"):
         burn_run(run, rerun=True)
+
+
+@pytest.mark.parametrize("attack", ["trojannn", "inputaware"])
+def test_optimized_attacks_run_end_to_end_and_reload_the_same_sets(tmp_path, attack):
+    """TrojanNN optimizes on the preset's clean model (trained first here); Input-aware trains
+    its generators with the classifier. Loading the stored model makes the same poisoned sets."""
+    rt = Runtime(results_root=tmp_path, progress=False)
+    cfg = load_preset("smoke", {"attack": {"name": attack}})
+    run = attacked_model(cfg, rt)
+    assert run.trained_now and run.poisoned.poison_mask.sum() == run.record["num_poisoned"] > 0
+    assert len(run.poisoned_test) == run.record["num_poisoned_test"] > 0
+    if attack == "trojannn":
+        assert (tmp_path / "smoke" / "synthetic" / "clean" / "model.pt").is_file()
+        assert run.record["key_parts"] == [run.attack.fitted["clean_model_sha256"]]
+    else:
+        assert run.record["num_cross"] == run.record["num_poisoned"]
+        assert "attack_state" in torch.load(run.results_dir / "model.pt", weights_only=False)
+    again = attacked_model(cfg, rt)
+    assert not again.trained_now and again.key == run.key
+    assert torch.equal(again.poisoned.images, run.poisoned.images)
+    assert torch.equal(again.poisoned_test.images, run.poisoned_test.images)
+    from burn.experiment import measure_stored
+
+    assert measure_stored(again)["agree"]

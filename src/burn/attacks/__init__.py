@@ -10,7 +10,9 @@ from ..config import AttackCfg
 from .badnets import BadNets
 from .base import Attack, PoisonedDataset, to_uint8
 from .blended import Blended
+from .inputaware import InputAware
 from .lf import LowFrequency
+from .trojannn import TrojanNN
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,9 @@ class NoAttack(Attack):
     name = "clean"
     label = "Clean"
 
-    def fit(self, train, *, generator, model=None) -> "NoAttack":
-        fitted = ATTACKS[self.trigger](target=self.target).fit(train, generator=generator, model=model)
+    def fit(self, train, *, generator, model=None, **context) -> "NoAttack":
+        fitted = ATTACKS[self.trigger](target=self.target).fit(train, generator=generator,
+                                                                model=model, **context)
         return dataclasses.replace(self, trigger_attack=fitted)
 
     def select_poison(self, labels, *, generator):
@@ -40,7 +43,8 @@ class NoAttack(Attack):
 
 # The one registry of attacks: the CLI, the configs and every figure's labels read it.
 ATTACKS: dict[str, type[Attack]] = {"clean": NoAttack, "badnets": BadNets, "blended": Blended,
-                                    "lf": LowFrequency}
+                                    "lf": LowFrequency, "trojannn": TrojanNN,
+                                    "inputaware": InputAware}
 
 
 def make_attack(cfg: AttackCfg) -> Attack:
@@ -49,5 +53,5 @@ def make_attack(cfg: AttackCfg) -> Attack:
     return ATTACKS[cfg.name](target=cfg.target, rate=cfg.rate, pool=cfg.pool, **cfg.params)
 
 
-__all__ = ["ATTACKS", "Attack", "BadNets", "Blended", "LowFrequency", "NoAttack", "PoisonedDataset",
+__all__ = ["ATTACKS", "Attack", "BadNets", "Blended", "InputAware", "LowFrequency", "NoAttack", "PoisonedDataset", "TrojanNN",
            "make_attack", "to_uint8"]

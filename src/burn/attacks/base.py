@@ -5,13 +5,14 @@ An attack is a frozen dataclass whose fields are its hyperparameters. The shared
 1. ``attack.fit(train, generator=..., model=None)`` returns the attack ready to use.
    Trigger-only attacks (BadNets, Blended) return themselves; attacks that choose or optimize
    a trigger or train a generator (LF, TrojanNN, SSBA, Input-aware) return a fitted copy
-   holding it.
+   holding it. With ``needs_clean_model`` the stage passes the preset's clean model.
 2. ``attack.poison_train(train, generator=...)`` returns a :class:`PoisonedDataset`.
 3. ``attack.poison_test(test)`` returns the non-target test images with the trigger.
 
 ``clean_label`` attacks (Label-consistent) poison target-class samples and keep their labels;
-attacks that change training itself (Input-aware) override ``poison_train`` and may set
-``custom_training`` so the trainer calls their batch hook; none of the current ones does.
+attacks that change training itself (Input-aware) set ``custom_training``: the trainer calls
+their ``training_hook`` per batch, and their sets are poisoned after training with the trained
+state, which ``attack_state()`` / ``with_state()`` store beside the model.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class PoisonedDataset:
     poison_mask: Tensor  # (N,) bool
     classes: tuple[str, ...]
     name: str
+    # samples changed but keeping their label (Input-aware's cross samples); None: none
+    cross_mask: Tensor | None = None
 
     def __post_init__(self):
         n = len(self.images)
@@ -75,12 +78,36 @@ class Attack:
     name = "attack"
     label = "Attack"  # as the paper's figures name it
     clean_label = False
+    needs_clean_model = False  # fit() optimizes against the preset's clean model (TrojanNN)
 
-    def fit(self, train: ImageDataset, *, generator: torch.Generator, model=None) -> "Attack":
+    custom_training = False  # the classifier trains through training_hook (Input-aware)
+
+    def fit(self, train: ImageDataset, *, generator: torch.Generator, model=None,
+            **context) -> "Attack":
         """The attack ready to use. Attacks with a fixed trigger return themselves; attacks
         that choose or optimize a trigger return a fitted copy (``model``: a clean model of
-        the same architecture, for attacks that optimize against one)."""
+        the same architecture, for attacks that optimize against one). ``context``:
+        ``device``, ``amp_bf16``, ``progress``, for attacks that train a network here."""
         return self
+
+    def training_hook(self, *, seed: int, device=None):
+        """For ``custom_training`` attacks: the per-batch hook of ``burn.train.run_epoch``
+        (``batch(x, y, generator) -> (x, y, extra_loss)``, ``after_step()``, ``state_dict()``,
+        ``load_state_dict()``, ``fitted()`` -> the trained attack)."""
+        raise NotImplementedError(f"{type(self).__name__} trains like any other attack")
+
+    def attack_state(self) -> dict:
+        """Tensors a trained attack needs to make its triggers again, stored with the model."""
+        return {}
+
+    def with_state(self, state: dict) -> "Attack":
+        """The attack rebuilt from ``attack_state()``."""
+        return self
+
+    def key_parts(self) -> tuple:
+        """What a fitted attack depends on beyond its config (e.g. the clean model it was
+        optimized on), added to the attacked model's key; empty for most attacks."""
+        return ()
 
     def apply_trigger(self, images: Tensor) -> Tensor:
         """(N, C, H, W) float in [0, 1] -> same shape with the trigger, in [0, 1]."""

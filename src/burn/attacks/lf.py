@@ -40,7 +40,8 @@ class LowFrequency(Attack):
     name = "lf"
     label = "LF"
 
-    def fit(self, train: ImageDataset, *, generator: torch.Generator, model=None) -> "LowFrequency":
+    def fit(self, train: ImageDataset, *, generator: torch.Generator, model=None,
+            **context) -> "LowFrequency":
         if self.trigger_file:
             return self
         key = (train.num_classes, train.images.shape[-1])
