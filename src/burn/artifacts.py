@@ -29,13 +29,15 @@ from .models import to_model_format
 from .runtime import Runtime
 
 # The paper's names of the attacks not built yet; a built attack names itself (``label``).
-PAPER_ATTACK_LABELS = {"inputaware": "Dynamic", "lc": "CL", "ssba": "SSBA", "trojannn": "TrojanNN"}
+PAPER_ATTACK_LABELS = {"lc": "CL", "ssba": "SSBA"}
 
 
 def attack_label(name: str) -> str:
     from .attacks import ATTACKS
 
     return ATTACKS[name].label if name in ATTACKS else PAPER_ATTACK_LABELS.get(name, name)
+
+
 PAPER_ATTACKS = ("badnets", "blended", "inputaware", "lc", "lf", "ssba", "trojannn")
 PAPER_DEFENSES = ("burn", "fp", "nad", "anp", "ibau", "ftsam", "sau")
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny": "Tiny-ImageNet-200",

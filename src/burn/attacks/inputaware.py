@@ -124,7 +124,7 @@ class InputAware(Attack):
     pattern_net: nn.Module | None = field(default=None, repr=False, compare=False)
 
     name = "inputaware"
-    label = "Input-aware"
+    label = "Dynamic"  # the paper's name for it
     custom_training = True
 
     # ----------------------------------------------------------------- stage 1: the mask net
