@@ -123,6 +123,9 @@ def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg,
                          amp_bf16=cfg.amp_bf16, progress=progress, desc=f"epoch {epoch + 1}",
                          hook=hook)
         sched.step()
+        if not math.isfinite(loss):  # never checkpoint (or commit) a diverged model
+            raise FloatingPointError(f"training diverged: the mean loss of epoch {epoch + 1} is "
+                                     f"{loss}; the last finite epoch's checkpoint is kept")
         row = {"epoch": epoch + 1, "loss": loss, "lr": opt.param_groups[0]["lr"],
                "epoch_s": time.perf_counter() - t0}
         if on_epoch_end is not None:

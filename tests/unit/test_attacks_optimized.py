@@ -142,3 +142,22 @@ def test_inputaware_materializes_poison_and_cross_samples_and_stores_its_state()
     q = again.poison_train(ds, generator=torch.Generator().manual_seed(0))
     assert torch.equal(p.images, q.images)  # the stored state makes the same sets
     assert all(v.dtype in (torch.float16, torch.int64) for v in trained.attack_state().values())
+
+
+def test_inputaware_diversity_never_compares_an_image_with_itself():
+    """Every draw pairs poisoned image i with another image; identical images would give a
+    zero distance, whose square root has a NaN gradient (it stopped a real run)."""
+    from burn.attacks.inputaware import diversity
+
+    a, ds = _fit_inputaware()
+    hook = a.training_hook(seed=0)
+    x = torch.rand(40, 3, 32, 32)
+    x[20:] = x[:20]  # duplicates in the batch are fine; the pairing must not be i with i
+    for seed in range(60):
+        xb, yb, extra = hook.batch(x[:20], torch.zeros(20, dtype=torch.long),
+                                   torch.Generator().manual_seed(seed))
+        assert torch.isfinite(extra) and extra > 0
+    same = torch.rand(2, 3, 8, 8, requires_grad=True)
+    d = diversity(same, same.detach(), same, same.detach())
+    d.backward()
+    assert torch.isfinite(same.grad).all()

@@ -64,9 +64,11 @@ def threshold(m: Tensor) -> Tensor:
 
 
 def diversity(x1: Tensor, x2: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
-    """Mean ratio of image distance to pattern (or mask) distance, both RMS per sample."""
-    dx = (x1 - x2).pow(2).mean((1, 2, 3)).sqrt()
-    dp = (p1 - p2).pow(2).mean((1, 2, 3)).sqrt()
+    """Mean ratio of image distance to pattern (or mask) distance, both RMS per sample. The
+    square roots are taken of at least 1e-12: at 0 their gradient is infinite (NaN in the
+    backward pass), which identical patterns (saturated in bf16) would reach."""
+    dx = (x1 - x2).pow(2).mean((1, 2, 3)).clamp_min(1e-12).sqrt()
+    dp = (p1 - p2).pow(2).mean((1, 2, 3)).clamp_min(1e-12).sqrt()
     return (dx / (dp + EPS)).mean()
 
 
@@ -249,8 +251,10 @@ class InputAwareTraining:
             return x, y, None
         self.pattern.train()
         self.opt.zero_grad(set_to_none=True)
-        shift = torch.randint(1, n, (1,), generator=generator).item()
-        src = (torch.arange(nb, 2 * nb) + shift) % n  # another image of the batch, never itself
+        # the pattern source of cross sample nb + i: another image of the batch, neither the
+        # cross image itself nor poisoned image i it is compared with (shift != 0, n - nb)
+        shift = torch.randint(1, n - nb, (1,), generator=generator).item()
+        src = (torch.arange(nb, 2 * nb) + shift) % n
         src = src.to(x.device)
         with torch.no_grad():
             m1, m2 = threshold(self.mask(x[:nb])), threshold(self.mask(x[src]))
