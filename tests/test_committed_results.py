@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from burn.attacks import ATTACKS
 from burn.cache import config_hash, load_npz, load_torch, read_json
 from burn.config import PROJECT_ROOT, BurnCfg, ExperimentCfg, from_dict, load_preset
 from burn.deepfool import DEEPFOOL_VERSION
-from burn.attacks import ATTACKS
 from burn.experiment import attack_key, results_dir
 
 RESULTS = PROJECT_ROOT / "results"

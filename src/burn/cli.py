@@ -11,11 +11,12 @@ from pathlib import Path
 import yaml
 
 from .atomic import NotWritableError, write_if_changed
+from .attacks import ATTACKS
 from .cache import DamagedFileError
 from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset
 from .data import DatasetNotFoundError
+from .defenses import DEFENSES
 from .experiment import ResultsConflictError
-from .attacks import ATTACKS
 from .runtime import Runtime
 
 EPILOG = """examples:
@@ -80,8 +81,16 @@ def _runtime(args) -> Runtime:
                    debug=args.debug)
 
 
-def _overrides(args) -> dict:
+def _overrides(args, drop: str = "") -> dict:
+    """The --set / --dataset / --attack / --variant overrides; ``drop``: a dotted section to
+    leave out (e.g. ``defenses.fp``), for the preset's own settings of that section."""
     overrides = _parse_set(args.set)
+    if drop:
+        *parents, last = drop.split(".")
+        node = overrides
+        for k in parents:
+            node = node.get(k, {})
+        node.pop(last, None)
     if args.dataset:
         overrides.setdefault("data", {})["dataset"] = args.dataset
     if args.attack:
@@ -130,30 +139,41 @@ def cmd_attack(args) -> int:
 
 
 def cmd_defend(args) -> int:
-    from .experiment import attacked_model, burn_run
+    from .defense_stage import defense_run, make_defense
+    from .experiment import attacked_model
 
-    if args.defense != "burn":
-        raise ConfigError(f"unknown defense {args.defense!r}; available: burn")
     cfg = _config(args)
-    base = load_preset(args.preset, {k: v for k, v in _overrides(args).items() if k != "burn"})
-    if cfg.burn != base.burn and not args.tag:
-        raise ConfigError("--set burn.* makes a Burn config other than the preset's; name the run "
-                          "with --tag NAME (it writes burn_NAME.json beside the default burn.json, "
-                          "which is never overwritten by another config)")
+    name = args.defense
+    section = "burn" if name == "burn" else f"defenses.{name}"
+    base = load_preset(args.preset, _overrides(args, drop=section))
+    defense = make_defense(cfg, name)  # unknown names and fields fail here, before any data loads
+    if defense != make_defense(base, name) and not args.tag:
+        raise ConfigError(f"--set {section}.* makes a {name} config other than the preset's; name "
+                          f"the run with --tag NAME (it writes {name}_NAME.json beside the default "
+                          f"{name}.json, which is never overwritten by another config)")
     run = attacked_model(cfg, _runtime(args))
-    r = burn_run(run, tag=args.tag or "", rerun=args.rerun)
+    r = defense_run(run, name, defense=defense, tag=args.tag or "", rerun=args.rerun)
     b = r["before"]
-    print(f"{r['dataset']} | {cfg.attack.name} | Burn, {cfg.burn.iterations} iterations")
+    print(f"{r['dataset']} | {cfg.attack.name} | {defense!r}")
     print(f"before: ACC {b['acc']:.4f}  ASR {b['asr']:.4f}  RA {b['ra']:.4f}")
+    if name == "burn":
+        _print_burn_iterations(r)
+    else:
+        print("  " + ", ".join(f"{k} {v}" for k, v in r["report"].items()
+                               if isinstance(v, (int, float, str)))[:400])
+    print(f"after:  ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}")
+    when = "computed now" if r.get("_computed_now") else _stored_at(r)
+    distances = f"DeepFool {r['deepfool']['wall_s']:.0f} s, " if "deepfool" in r else ""
+    print(f"    {distances}{name} {r['wall_s']:.0f} s ({when}); record: "
+          f"{run.results_dir / ((f'{name}_{args.tag}' if args.tag else name) + '.json')}")
+    return 0
+
+
+def _print_burn_iterations(r: dict) -> None:
     for it in r["report"]["iterations"]:
         print(f"  t={it['t']}: |P|={it['n_poison_set']} precision {it.get('precision', float('nan')):.3f} "
               f"recall {it.get('recall', float('nan')):.3f} poisoned-in-C {it.get('poisoned_in_clean_set')} "
               f"-> ACC {it['acc']:.4f} ASR {it['asr']:.4f} RA {it['ra']:.4f}")
-    print(f"after:  ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}")
-    when = "computed now" if r.get("_computed_now") else _stored_at(r)
-    print(f"    DeepFool {r['deepfool']['wall_s']:.0f} s, Burn {r['wall_s']:.0f} s ({when}); "
-          f"record: {run.results_dir / ((f'burn_{args.tag}' if args.tag else 'burn') + '.json')}")
-    return 0
 
 
 def cmd_regime(args) -> int:
@@ -230,12 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="train even if a matching model is committed")
     p.set_defaults(func=cmd_attack)
 
-    p = sub.add_parser("defend", help="run a defense (Burn) on an attacked model and report before/after",
+    p = sub.add_parser("defend", help="run a defense on an attacked model and report before/after",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
-    p.add_argument("--defense", default="burn", help="defense to run (default: burn)")
-    p.add_argument("--tag", help="name for a run with non-default Burn options (--set burn.*): "
-                                 "writes burn_<tag>.json beside burn.json")
+    p.add_argument("--defense", default="burn", choices=sorted(DEFENSES),
+                   help="defense to run (default: burn; the baselines get 5%% of the training set "
+                        "as clean data)")
+    p.add_argument("--tag", help="name for a run with non-default options of the defense "
+                                 "(--set burn.* / --set defenses.NAME.*): writes NAME_<tag>.json "
+                                 "beside NAME.json")
     p.add_argument("--rerun", action="store_true",
                    help="run Burn even if a record of this model and config is stored")
     p.set_defaults(func=cmd_defend)

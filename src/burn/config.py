@@ -133,6 +133,9 @@ class ExperimentCfg:
     attack: AttackCfg = AttackCfg()
     deepfool: DeepFoolCfg = DeepFoolCfg()
     burn: BurnCfg = BurnCfg()
+    # settings of the baseline defenses by name (``burn.defenses.DEFENSES``), e.g.
+    # ``{fp: {epochs: 20}}``: fields of that defense's dataclass; unset ones keep its defaults
+    defenses: dict = field(default_factory=dict, metadata=OMIT_AT_DEFAULT)
 
 
 class ConfigError(ValueError):

@@ -242,20 +242,35 @@ def _fingerprint(images: Tensor) -> str:
 
 def cached_deepfool(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, *, key: str,
                     batch_size: int = 256, progress: bool = True) -> DeepFoolResult:
-    """``deepfool_dataset`` with a cache under ``run_dir("deepfool", config_hash(key, cfg,
-    DEEPFOOL_VERSION))``. ``key`` identifies the frozen model and the data (e.g. the attack
-    stage's config hash). Partial results are saved every ``CHUNK_BATCHES`` batches, so an
-    interrupted run resumes at the first missing chunk; a finished run is loaded."""
+    """``deepfool_dataset`` through the run cache ``run_dir("deepfool", config_hash(key, cfg,
+    DEEPFOOL_VERSION, batch_size))``. ``key`` identifies the frozen model and the data (e.g.
+    the attack stage's config hash); the images' fingerprint is checked too. Partial results
+    are saved every ``CHUNK_BATCHES`` batches, so an interrupted run resumes at the first
+    missing chunk; a finished run is loaded (``burn.stages``)."""
+    from .stages import TorchStore, cached
+
     d = run_dir("deepfool", config_hash(key, cfg, DEEPFOOL_VERSION, batch_size))
     fp = _fingerprint(images)
-    result_path, done_path = d / "result.pt", d / "done"
-    if done_path.is_file() and result_path.is_file():
-        saved = load_torch(result_path)
-        if saved["fingerprint"] != fp:
-            raise ValueError(f"cache {d} was computed on other images than these: the key "
-                             f"{key!r} must identify the data")
-        return DeepFoolResult(**saved["result"])
 
+    def compute() -> dict:
+        result = _chunked(model, images, cfg, d, fp, batch_size, progress)
+        write_json(d / "config.json", {"key": key, "deepfool": to_dict(cfg),
+                                       "version": DEEPFOOL_VERSION, "fingerprint": fp,
+                                       "summary": result.to_dict()})
+        return result.tensors()
+
+    stored = TorchStore(d / "result.pt")
+    if stored.stored_key() not in (None, fp):
+        raise ValueError(f"cache {d} was computed on other images than these: the key "
+                         f"{key!r} must identify the data")
+    result = DeepFoolResult(**cached(stored, fp, compute))
+    for p in d.glob("part_*.pt"):
+        p.unlink()
+    return result
+
+
+def _chunked(model, images, cfg, d, fp, batch_size, progress) -> DeepFoolResult:
+    """DeepFool over ``images`` in chunks, each saved in ``d`` as it finishes and reused."""
     n = len(images)
     chunk = CHUNK_BATCHES * batch_size
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
@@ -275,12 +290,4 @@ def cached_deepfool(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, *, key: 
                 parts[i] = _run_batches(model, images, cfg, s, e, bar, batch_size)
                 save_torch({"fingerprint": fp, "result": parts[i].tensors()},
                            d / f"part_{s:08d}_{e:08d}.pt")
-    result = DeepFoolResult.cat(parts)
-    save_torch({"fingerprint": fp, "result": result.tensors()}, result_path)
-    write_json(d / "config.json", {"key": key, "deepfool": to_dict(cfg),
-                                   "version": DEEPFOOL_VERSION, "fingerprint": fp,
-                                   "summary": result.to_dict()})
-    done_path.write_text("done\n")
-    for p in d.glob("part_*.pt"):
-        p.unlink()
-    return result
+    return DeepFoolResult.cat(parts)

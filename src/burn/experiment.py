@@ -14,31 +14,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from .analysis import separation_summary
-from .atomic import ensure_writable
 from .attacks import Attack, PoisonedDataset, make_attack
 from .cache import (
     DamagedFileError,
     config_hash,
-    load_npz,
     load_torch,
     read_json,
     run_dir,
-    save_npz,
     save_torch,
     tensors_sha256,
     write_json,
 )
-from .config import PROJECT_ROOT, AttackCfg, BurnCfg, ExperimentCfg, from_dict, to_dict
+from .config import PROJECT_ROOT, AttackCfg, ExperimentCfg, to_dict
 from .data import ImageDataset, dataset_spec, load_dataset
 from .metrics import evaluate
 from .models import create_model
 from .provenance import provenance
 from .runtime import Runtime
+from .stages import cached
 from .train import train_model
 
 ATTACK_STAGE_VERSION = 1
@@ -141,32 +137,60 @@ def attack_key(cfg: ExperimentCfg, data_name: str, parts: tuple = ()) -> str:
                        cfg.attack, *parts)
 
 
-def _load_committed(model, out: Path, key: str) -> tuple[dict, dict] | None:
-    """(stored record, stored attack state) of ``out`` with its weights loaded into ``model``,
-    or None if there is none; a model of another config is refused, a damaged one reported."""
-    record_path, model_path = out / "none.json", out / "model.pt"
-    if not (model_path.is_file() and record_path.is_file()):
-        return None
-    hint = (f"restore it with `git checkout -- {model_path}` if it is committed, or train it "
-            "again with --retrain")
-    saved = load_torch(model_path, hint=hint)
-    if saved.get("config_hash") != key:
-        raise ResultsConflictError(
-            f"{model_path} holds a model of another config (hash {saved.get('config_hash')}, "
-            f"this run: {key}). Pass --variant NAME (config key `variant`) to keep both, or "
-            "--retrain to replace it.")
-    bad = [k for k, v in saved["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
-    if bad:
-        raise DamagedFileError(model_path, f"non-finite weights in {bad[:3]}", hint)
-    state = saved.get("attack_state", {})
-    if state and tensors_sha256(state) != saved.get("attack_sha256"):
-        raise DamagedFileError(model_path, "its attack state does not match its checksum", hint)
-    _load_half_state(model, saved["state_dict"])
-    record = read_json(record_path)
-    if record.get("config_hash") != key:
-        raise DamagedFileError(record_path, f"its config hash {record.get('config_hash')} is not "
-                               f"the model's ({key})")
-    return record, state
+@dataclass(frozen=True)
+class ModelStore:
+    """The attacked model's store (``burn.stages``): ``model.pt`` (float16 weights, the
+    attack's own trained state, checksums) and ``none.json`` (its record) in ``out``. Its value
+    is ``{"record", "state_dict", "attack_state"}``."""
+
+    out: Path
+
+    @property
+    def path(self) -> Path:
+        return self.out / "model.pt"
+
+    def _hint(self) -> str:
+        return (f"restore it with `git checkout -- {self.path}` if it is committed, or train it "
+                "again with --retrain")
+
+    def stored_key(self):
+        if not (self.path.is_file() and (self.out / "none.json").is_file()):
+            return None
+        return load_torch(self.path, hint=self._hint()).get("config_hash")
+
+    def load(self) -> dict:
+        saved = load_torch(self.path, hint=self._hint())
+        bad = [k for k, v in saved["state_dict"].items()
+               if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise DamagedFileError(self.path, f"non-finite weights in {bad[:3]}", self._hint())
+        state = saved.get("attack_state", {})
+        if state and tensors_sha256(state) != saved.get("attack_sha256"):
+            raise DamagedFileError(self.path, "its attack state does not match its checksum",
+                                   self._hint())
+        record = read_json(self.out / "none.json")
+        if record.get("config_hash") != saved["config_hash"]:
+            raise DamagedFileError(self.out / "none.json", f"its config hash "
+                                   f"{record.get('config_hash')} is not the model's "
+                                   f"({saved['config_hash']})")
+        return {"record": record, "state_dict": saved["state_dict"], "attack_state": state}
+
+    def save(self, value: dict, key: str) -> dict:
+        state, attack_state = value["state_dict"], value["attack_state"]
+        save_torch({"config_hash": key, "config": value["record"]["config"], "state_dict": state,
+                    "sha256": tensors_sha256(state),
+                    **({"attack_state": attack_state, "attack_sha256": tensors_sha256(attack_state)}
+                       if attack_state else {})}, self.path)
+        write_json(self.out / "none.json", value["record"])
+        return self.load()
+
+
+def _conflict(model_path: Path, key: str):
+    def error(stored: str) -> Exception:
+        return ResultsConflictError(
+            f"{model_path} holds a model of another config (hash {stored}, this run: {key}). "
+            "Pass --variant NAME (config key `variant`) to keep both, or --retrain to replace it.")
+    return error
 
 
 def measure_stored(run: "AttackRun") -> dict:
@@ -182,8 +206,9 @@ def measure_stored(run: "AttackRun") -> dict:
 
 def attacked_model(cfg: ExperimentCfg, runtime: Runtime = Runtime(), *,
                    retrain: bool = False) -> AttackRun:
-    """The attacked model of ``cfg``: the committed one when its key matches, else trained
-    (resuming from the run cache) and written with its record."""
+    """The attacked model of ``cfg``: the stored one when its key matches, else trained
+    (resuming from the run cache) and written with its record; a stored model of another
+    config is refused (``--variant`` keeps both)."""
     runtime.apply()
     train, test = load_dataset(cfg.data, runtime.data_root, download=runtime.download,
                                seed=cfg.train.seed)
@@ -193,17 +218,22 @@ def attacked_model(cfg: ExperimentCfg, runtime: Runtime = Runtime(), *,
     key = attack_key(cfg, f"{train.name}, {attack.name}", attack.key_parts())
     out = results_dir(cfg, runtime.results_root)
     model = build_model(cfg, len(train.classes), runtime)
-    stored = None if retrain else _load_committed(model, out, key)
-    trained_now = stored is None
-    if trained_now:
-        ensure_writable(out)
-        record, attack = _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
-    else:
-        record, state = stored
-        attack = attack.with_state(state) if attack.custom_training else attack
+    computed = []
+
+    def train_now() -> dict:
+        computed.append(True)
+        return _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
+
+    stored = cached(ModelStore(out), key, train_now, rerun=retrain,
+                    conflict=_conflict(out / "model.pt", key))
+    if computed:  # a shipped partial checkpoint is superseded by the model.pt just written
+        (out / f"checkpoint-{key}.pt").unlink(missing_ok=True)
+    _load_half_state(model, stored["state_dict"])
+    if attack.custom_training:
+        attack = attack.with_state(stored["attack_state"])
     poisoned, poisoned_test = poison(cfg, attack, train, test)
-    return AttackRun(cfg, key, model.eval(), attack, poisoned, test, poisoned_test, record, out,
-                     runtime, trained_now)
+    return AttackRun(cfg, key, model.eval(), attack, poisoned, test, poisoned_test,
+                     stored["record"], out, runtime, bool(computed))
 
 
 def _fit_custom(cfg, runtime, attack, train, cache: Path) -> Attack:
@@ -259,14 +289,7 @@ def _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
     model.eval()
     record = _attack_record(cfg, runtime, model, attack, poisoned, test, poisoned_test, key,
                             history, wall)
-    attack_state = attack.attack_state()
-    save_torch({"config_hash": key, "config": to_dict(cfg), "state_dict": state,
-                "sha256": tensors_sha256(state),
-                **({"attack_state": attack_state, "attack_sha256": tensors_sha256(attack_state)}
-                   if attack_state else {})}, out / "model.pt")
-    write_json(out / "none.json", record)
-    shipped.unlink(missing_ok=True)  # superseded by model.pt
-    return record, attack
+    return {"record": record, "state_dict": state, "attack_state": attack.attack_state()}
 
 
 def _attack_record(cfg, runtime, model, attack, poisoned, test, poisoned_test, key, history,
@@ -295,173 +318,17 @@ def _attack_record(cfg, runtime, model, attack, poisoned, test, poisoned_test, k
 
 def attack_by_class(run: AttackRun):
     """ASR / RA of the poisoned test set by true class (a DataFrame), kept as
-    ``asr_by_class.csv`` beside none.json: computed from the model once, then read back while
-    its sidecar names this model's config hash (a retrained model recomputes it)."""
+    ``asr_by_class.csv`` beside none.json under this model's key (a retrained model
+    recomputes it)."""
     import pandas as pd
 
     from .metrics import attack_metrics_by_class, predict
-    from .provenance import save_table
+    from .stages import TableStore
 
-    path = run.results_dir / "asr_by_class.csv"
-    sidecar = path.with_name(path.name + ".json")
-    if path.is_file() and sidecar.is_file() and \
-            read_json(sidecar)["config"].get("attack_config_hash") == run.key:
-        return pd.read_csv(path)
-    pt = run.poisoned_test
-    df = pd.DataFrame(attack_metrics_by_class(predict(run.model, pt.images), pt.labels,
-                                              run.cfg.attack.target, run.poisoned.classes))
-    save_table(df, path, config={"attack_config_hash": run.key})
-    return df
+    def compute():
+        pt = run.poisoned_test
+        return pd.DataFrame(attack_metrics_by_class(predict(run.model, pt.images), pt.labels,
+                                                    run.cfg.attack.target, run.poisoned.classes))
 
-
-# ------------------------------------------------------------------------- boundary distances
-def _load_distances(path: Path, key: str) -> dict | None:
-    """The DeepFool arrays saved at ``path`` if their key is ``key``, else None."""
-    if not path.is_file():
-        return None
-    z = load_npz(path, hint=f"restore it with `git checkout -- {path}` if it is committed, "
-                            "or delete it to compute the distances again")
-    if str(z["key"]) != key:
-        return None
-    return {k: torch.from_numpy(v) for k, v in z.items() if k not in ("key", "wall_s")} | {
-        "key": key, "wall_s": float(z["wall_s"])}
-
-
-def _save_distances(path: Path, key: str, wall: float, res, **extra) -> dict:
-    """Save a DeepFoolResult's arrays (compact dtypes) atomically; return them as tensors."""
-    out = {"norms": res.norms.float(), "adv_labels": res.adv_labels.long(),
-           "orig_labels": res.orig_labels.long(), "iterations": res.iterations.long(),
-           "converged": res.converged.bool()}
-    save_npz(path, key=np.array(key), wall_s=np.array(wall),
-             norms=out["norms"].numpy(), adv_labels=out["adv_labels"].numpy().astype(np.int16),
-             orig_labels=out["orig_labels"].numpy().astype(np.int16),
-             iterations=out["iterations"].numpy().astype(np.int16),
-             converged=out["converged"].numpy(), **{k: v.numpy() for k, v in extra.items()})
-    return out | extra | {"key": key, "wall_s": wall}
-
-
-def distances_key(run: AttackRun) -> str:
-    from .deepfool import DEEPFOOL_VERSION
-
-    return config_hash("deepfool", DEEPFOOL_VERSION, run.key, run.cfg.deepfool)
-
-
-def boundary_distances(run: AttackRun) -> dict:
-    """DeepFool distances of the frozen attacked model on its whole (poisoned) training set.
-
-    Committed beside the model as ``deepfool.npz`` (a few hundred KB) and reused when its key
-    matches; otherwise computed through the resumable run cache. Returns a dict of tensors:
-    norms, adv_labels, orig_labels (the model's prediction), iterations, converged, plus
-    ``key`` and ``wall_s``."""
-    from .deepfool import cached_deepfool
-
-    cfg = run.cfg.deepfool
-    key = distances_key(run)
-    path = run.results_dir / "deepfool.npz"
-    saved = _load_distances(path, key)
-    if saved is not None:
-        return saved
-    ensure_writable(run.results_dir)
-    run.runtime.say(f"deepfool: L2 distance to the decision boundary of all {len(run.poisoned)} "
-                    f"training images ({run.runtime.deepfool_batch_size()} a batch); parts are "
-                    "saved as they finish, so an interrupted run resumes; the bar shows the time left")
-    t0 = time.perf_counter()
-    res = cached_deepfool(run.model, run.poisoned.images, cfg, key=run.key,
-                          batch_size=run.runtime.deepfool_batch_size(), progress=run.runtime.progress)
-    return _save_distances(path, key, time.perf_counter() - t0, res)
-
-
-def subset_distances(run: AttackRun, index: torch.Tensor, *, name: str) -> dict:
-    """DeepFool distances of the frozen model of ``run`` on the training samples ``index``
-    only (a few hundred or thousand: Table 1's clean-model reference, the far-tail check of
-    Fig. 5), committed beside the model as ``deepfool_<name>.npz`` and reused while the model,
-    the DeepFool config and the indices are the same. The arrays follow ``index``'s order and
-    include it as ``index``."""
-    from .deepfool import DEEPFOOL_VERSION, deepfool_dataset
-
-    index = torch.as_tensor(index, dtype=torch.long)
-    cfg = run.cfg.deepfool
-    key = config_hash("deepfool-subset", DEEPFOOL_VERSION, run.key, cfg, index.tolist())
-    path = run.results_dir / f"deepfool_{name}.npz"
-    saved = _load_distances(path, key)
-    if saved is not None:
-        return saved
-    t0 = time.perf_counter()
-    res = deepfool_dataset(run.model, run.poisoned.images[index], cfg,
-                           batch_size=run.runtime.deepfool_batch_size(), progress=run.runtime.progress)
-    return _save_distances(path, key, time.perf_counter() - t0, res, index=index)
-
-
-def matching_burn_record(paths, attack_key: str, burn_cfg) -> dict | None:
-    """The first Burn record among ``paths`` run on this attacked model with exactly
-    ``burn_cfg`` (so Table 2's grid point equal to the defaults reuses ``burn.json``)."""
-    for path in paths:
-        if Path(path).is_file():
-            rec = read_json(path)
-            # read through the schema, so a Burn option added later (at its default) still matches
-            if rec.get("attack_config_hash") == attack_key and \
-                    from_dict(BurnCfg, rec["config"]["burn"]) == burn_cfg:
-                return rec
-    return None
-
-
-def burn_run(run: AttackRun, *, out_dir: Path | None = None, tag: str = "",
-             rerun: bool = False) -> dict:
-    """Burn on an attacked model; writes ``burn.json`` (none.json's fields + the report) to
-    ``out_dir`` (default: the attacked model's results folder); with ``tag`` (a run with
-    non-default Burn options), ``burn_<tag>.json`` instead, so the paper's default stays.
-    A stored record of the same model, DeepFool distances and Burn config is returned as it
-    is (``rerun`` computes it again)."""
-    from .defenses.burn import defend
-
-    key = config_hash("burn", run.key, distances_key(run), run.cfg.burn)
-    out = Path(out_dir or run.results_dir)
-    path = out / (f"burn_{tag}.json" if tag else "burn.json")
-    if not rerun and path.is_file():
-        saved = read_json(path, hint=f"restore it with `git checkout -- {path}` if it is "
-                                     "committed, or compute it again with --rerun")
-        if saved.get("config_hash") == key:
-            return saved
-    ensure_writable(out)
-    bd = boundary_distances(run)
-    target = run.cfg.attack.target
-    run.runtime.say(f"burn: {run.cfg.burn.iterations + 1} rounds of selection + {run.cfg.burn.epochs} "
-                    "fine-tuning epochs, evaluated after each (no resume inside a run: an "
-                    f"interrupted run starts again); writes {path}")
-
-    def evaluate_fn(m):
-        return evaluate(m, run.test, run.poisoned_test, target)
-
-    t0 = time.perf_counter()
-    purified, report = defend(run.model, run.poisoned.images, run.poisoned.labels, run.cfg.burn,
-                              norms=bd["norms"], adv_labels=bd["adv_labels"].long(),
-                              poison_mask=run.poisoned.poison_mask,
-                              original_labels=run.poisoned.original_labels,
-                              evaluate=evaluate_fn, flip=dataset_spec(run.cfg.data.dataset).flip,
-                              progress=run.runtime.progress)
-    wall = time.perf_counter() - t0
-    final = report.iterations[-1]
-    mask = run.poisoned.poison_mask
-    df_summary = {
-        "key": bd["key"], "wall_s": round(bd["wall_s"], 1),
-        "unconverged_clean": int((~bd["converged"].bool())[~mask].sum()),
-        "unconverged_poisoned": int((~bd["converged"].bool())[mask].sum()),
-        **separation_summary(bd["norms"], bd["adv_labels"], mask, run.poisoned.original_labels,
-                             target, given_labels=run.poisoned.labels),
-    }
-    record = {
-        "acc": final.acc, "asr": final.asr, "ra": final.ra,
-        "before": report.before,
-        "dataset": run.record["dataset"], "attack": run.record["attack"],
-        "defense": "burn", "wall_s": round(wall, 1),
-        "deepfool": df_summary,
-        "report": report.to_dict(),
-        "config_hash": key,
-        "attack_config_hash": run.key,
-        "config": to_dict(run.cfg),
-        **provenance(run.runtime),
-    }
-    write_json(path, record)
-    # the record as stored (JSON types), so a fresh and a reused run return the same thing;
-    # ``_computed_now`` is not stored: it tells a caller the numbers were just measured
-    return {**read_json(path), "_computed_now": True}
+    return cached(TableStore(run.results_dir / "asr_by_class.csv", "attack_config_hash"), run.key,
+                  compute)

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-
 class Normalize(nn.Module):
     def __init__(self, mean, std):
         super().__init__()

@@ -78,13 +78,14 @@ def tail_overlap_row(cfg, runtime) -> dict:
     tail, where Burn selects?) from its committed model and distances; {} while its DeepFool
     distances are not committed (this never starts a DeepFool run)."""
     from .analysis import tail_overlap
-    from .experiment import _load_distances, attacked_model, results_dir
+    from .distances import stored_distances
+    from .experiment import attacked_model, results_dir
 
     d = results_dir(cfg, runtime.results_root)
     if not (d / "burn.json").is_file():
         return {}
     # the distances Burn used, as committed; None if missing or of another model/config
-    bd = _load_distances(d / "deepfool.npz", read_json(d / "burn.json")["deepfool"]["key"])
+    bd = stored_distances(d / "deepfool.npz", read_json(d / "burn.json")["deepfool"]["key"])
     if bd is None:
         return {}
     run = attacked_model(cfg, replace(runtime, progress=False))
@@ -98,7 +99,8 @@ def regime_study(path, runtime, *, run: bool = False, include_gpu: bool = False,
                  only: list[str] | None = None) -> pd.DataFrame:
     """With ``run``, train / DeepFool / Burn each selected regime that lacks results (each
     stage resumes from its cache); always return the table of what exists."""
-    from .experiment import attack_by_class, attacked_model, burn_run
+    from .defense_stage import burn_run
+    from .experiment import attack_by_class, attacked_model
 
     preset, attack, regimes = load_regimes(path)
     rows = []

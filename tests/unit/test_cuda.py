@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from burn.config import load_preset
-from burn.experiment import attack_key, attacked_model, boundary_distances
+from burn.distances import boundary_distances
+from burn.experiment import attack_key, attacked_model
 from burn.runtime import Runtime
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

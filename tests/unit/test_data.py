@@ -8,8 +8,15 @@ import torch
 from PIL import Image
 
 from burn.config import DataCfg
-from burn.data import (CIFAR10_CLASSES, DatasetNotFoundError, load_cifar10, load_cifar100,
-                       load_dataset, load_tiny_imagenet, stratified_subset)
+from burn.data import (
+    CIFAR10_CLASSES,
+    DatasetNotFoundError,
+    load_cifar10,
+    load_cifar100,
+    load_dataset,
+    load_tiny_imagenet,
+    stratified_subset,
+)
 
 
 def _write_pickle(path, obj):

@@ -289,7 +289,7 @@ def test_cache_loads_and_resumes(trained_cnn, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         cached_deepfool(trained_cnn, u8, cfg, key="m1", batch_size=8, progress=False)
     parts = sorted(tmp_path.rglob("part_*.pt"))
-    assert len(parts) == 1 and not list(tmp_path.rglob("done"))
+    assert len(parts) == 1 and not list(tmp_path.rglob("result.pt"))
 
     # Resume: only the two missing chunks are computed.
     resumed = []
@@ -303,7 +303,7 @@ def test_cache_loads_and_resumes(trained_cnn, tmp_path, monkeypatch):
     assert resumed == [(8, 16), (16, 20)]
     for name, v in expected.tensors().items():
         assert torch.equal(getattr(r, name), v), name
-    assert len(list(tmp_path.rglob("done"))) == 1 and not list(tmp_path.rglob("part_*.pt"))
+    assert len(list(tmp_path.rglob("result.pt"))) == 1 and not list(tmp_path.rglob("part_*.pt"))
 
     # Complete: loaded, nothing computed, identical.
     resumed.clear()

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from burn.cache import DamagedFileError, load_npz, load_torch, read_json, save_npz, save_torch, \
-    tensors_sha256, write_json
+from burn.cache import (
+    DamagedFileError,
+    load_npz,
+    load_torch,
+    read_json,
+    save_npz,
+    save_torch,
+    tensors_sha256,
+    write_json,
+)
 from burn.cli import main
 
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from burn.metrics import accuracy, attack_success_rate, evaluate, robust_accuracy
 from burn.data import ImageDataset
+from burn.metrics import accuracy, attack_success_rate, evaluate, robust_accuracy
 
 
 def test_metric_definitions_on_hand_made_predictions():

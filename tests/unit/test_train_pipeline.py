@@ -5,11 +5,10 @@ import pytest
 import torch
 
 from burn.cache import read_json
-from burn.runtime import Runtime
-
 from burn.config import load_preset
 from burn.experiment import ResultsConflictError, attacked_model, build_model
 from burn.models import create_model
+from burn.runtime import Runtime
 from burn.train import augment_batch, train_model
 
 
@@ -129,7 +128,7 @@ def test_burn_run_reuses_its_stored_record(tmp_path, monkeypatch):
     recomputed); another Burn config, or --rerun, computes."""
     import burn.defenses.burn as burn_module
     from burn.config import replace
-    from burn.experiment import burn_run
+    from burn.defense_stage import burn_run
 
     run = attacked_model(load_preset("smoke"), Runtime(results_root=tmp_path, progress=False))
     first = burn_run(run)

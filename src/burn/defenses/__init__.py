@@ -1,7 +1,17 @@
-"""Backdoor defenses. ``burn`` is the paper's; baselines join ``DEFENSES`` as they are built."""
+"""Backdoor defenses, one file each (``base.py``: the interface). ``DEFENSES`` maps the CLI /
+config name to the defense class; ``burn`` is the paper's, the others its baselines."""
 
-from .burn import BurnIteration, BurnReport, defend
+from .anp import ANP
+from .base import DefenderData, Defense
+from .burn import Burn, BurnIteration, BurnReport, defend
+from .fp import FinePruning
+from .ftsam import FTSAM
+from .ibau import IBAU
+from .nad import NAD
+from .sau import SAU
 
-DEFENSES = {"burn": defend}
+# The one registry of defenses: the CLI, the defense stage and every figure's labels read it.
+DEFENSES: dict[str, type[Defense]] = {"burn": Burn, "fp": FinePruning, "nad": NAD,
+                                      "anp": ANP, "ibau": IBAU, "ftsam": FTSAM, "sau": SAU}
 
-__all__ = ["DEFENSES", "BurnIteration", "BurnReport", "defend"]
+__all__ = ["DEFENSES", "ANP", "FTSAM", "IBAU", "NAD", "SAU", "Burn", "FinePruning", "BurnIteration", "BurnReport", "DefenderData", "Defense", "defend"]

@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..cache import config_hash
 from ..config import BurnCfg
 from ..metrics import predict_logits
 from ..train import run_epoch
+from .base import DefenderData, Defense
 
 DIVERGENCES = ("kl", "js", "l2")
 SELECTIONS = ("global", "suspect_class")
@@ -214,3 +216,31 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
     report = BurnReport(config=asdict(cfg), before=before, iterations=iterations,
                         wall_s=time.perf_counter() - t_start, deepfool={}, suspect_class=suspect)
     return ft.eval(), report
+
+
+@dataclass(frozen=True)
+class Burn(Defense):
+    """Burn as a defense of the registry: ``cfg`` is the preset's ``burn`` section. It holds no
+    clean extra data; it ranks the training set by the attacked model's DeepFool distances."""
+
+    cfg: BurnCfg = BurnCfg()
+
+    name = "burn"
+    label = "Burn"
+    needs_clean_data = False
+    needs_distances = True
+
+    def __call__(self, model: nn.Module, data: DefenderData, *, evaluate=None,
+                 progress: bool = False) -> tuple[nn.Module, dict]:
+        d = data.distances
+        purified, report = defend(model, data.train.images, data.train.labels, self.cfg,
+                                  norms=d["norms"], adv_labels=d["adv_labels"].long(),
+                                  poison_mask=data.truth.get("poison_mask"),
+                                  original_labels=data.truth.get("original_labels"),
+                                  evaluate=evaluate, flip=data.flip, progress=progress)
+        return purified, report.to_dict()
+
+    def stage_key(self, attack_key: str, distances_key: str, clean_key: str) -> str:
+        """Burn's key, as its records were first written (without the clean subset it never
+        uses), so the committed ``burn*.json`` stay valid."""
+        return config_hash("burn", attack_key, distances_key, self.cfg)

@@ -1,0 +1,118 @@
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from burn.data import ImageDataset
+from burn.defenses.base import DefenderData
+from burn.defenses.ibau import IBAU
+from burn.models import create_model
+
+SMALL = IBAU(rounds=2, fixed_point_steps=3, batch_size=64, patch_share=0.05)
+
+
+def _data(n=200):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 10
+    ds = ImageDataset(images, labels, tuple(str(i) for i in range(10)), "random")
+    return DefenderData(train=ds, clean=ds, clean_index=torch.arange(n))
+
+
+def _model():
+    """A width-4 model whose BatchNorm statistics are fitted to random images, so that its
+    predictions vary and adversarial perturbations can change them."""
+    torch.manual_seed(0)
+    model = create_model("preactresnet18", 10, width=4)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the one calibration batch
+    images = torch.randint(0, 256, (160, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model.train()(images.float() / 255)
+    return model.eval()
+
+
+def test_ibau_changes_a_copy_reports_rounds_and_is_deterministic():
+    model, data = _model(), _data()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    purified, report = SMALL(model, data)
+    for k, v in model.state_dict().items():  # the caller's model is untouched
+        assert torch.equal(v, before[k]), k
+    assert type(purified) is type(model) and not purified.training
+    assert any(not torch.equal(v, before[k]) for k, v in purified.state_dict().items())
+    # eval mode throughout: BatchNorm's running statistics are the attacked model's
+    assert torch.equal(purified.layers[0].bn1.running_mean, before["layers.0.bn1.running_mean"])
+    assert report["delta_shape"] == [3, 32, 32] and len(report["rounds"]) == 2
+    for row in report["rounds"]:
+        assert row["delta_l2"] > 0 and row["delta_linf"] > 0
+        assert row["delta_l2_pixels"] < row["delta_l2"]  # pixel units = normalized units * std < 1
+        assert 0.0 <= row["delta_fooled_share"] <= 1.0
+        assert row["outer_loss"] > 0 and row["perturb_s"] >= 0 and row["unlearn_s"] >= 0
+    again, _ = SMALL(model, data)
+    for k, v in purified.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_ibau_calls_evaluate_only_when_asked():
+    model, data = _model(), _data(64)
+    calls = []
+
+    def evaluate(m):
+        calls.append(m.training)
+        return {"acc": 0.5, "asr": 0.25, "ra": 0.125}
+
+    cfg = IBAU(rounds=2, fixed_point_steps=1, batch_size=64)
+    _, report = cfg(model, data, evaluate=evaluate)
+    assert calls == [] and "acc" not in report["rounds"][0]
+    _, report = IBAU(rounds=2, fixed_point_steps=1, batch_size=64, eval_every=1)(model, data, evaluate=evaluate)
+    assert calls == [False, False] and report["rounds"][1]["asr"] == 0.25
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))
+
+
+def test_hypergradient_matches_explicit_jacobians():
+    """The parameter gradients of one unlearning step equal dL_out/dtheta + (dPhi/dtheta)^T v,
+    v = sum_{k<K} (J^T)^k dL_out/ddelta, with J and dPhi/dtheta as full Jacobians."""
+    torch.manual_seed(0)
+    net = _Tiny().double()
+    cfg = IBAU(fixed_point_steps=4, patch_share=0.25, inner_lr=0.1, delta_reg=0.001)
+    x0, y0 = torch.rand(8, 3, 2, 2, dtype=torch.double), torch.randint(0, 3, (8,))
+    xb, yb = torch.rand(8, 3, 2, 2, dtype=torch.double), torch.randint(0, 3, (8,))
+    delta = torch.randn(3, 2, 2, dtype=torch.double)
+    scale = torch.ones(1, 1, 1, 1, dtype=torch.double)
+    params = list(net.parameters())
+    cfg._unlearn_step(net, params, delta, (x0, y0), (xb, yb), scale, torch.Generator().manual_seed(3))
+    got = [p.grad.clone() for p in params]
+
+    rows = torch.randperm(8, generator=torch.Generator().manual_seed(3))[:2]
+    mask = torch.zeros(8, 1, 1, 1, dtype=torch.double)
+    mask[rows] = 1.0
+    names = [n for n, _ in net.named_parameters()]
+    theta = {n: p.detach() for n, p in net.named_parameters()}
+    call = torch.func.functional_call
+
+    def outer(th, d):
+        return F.cross_entropy(call(net, th, (xb + mask * d,)), yb)
+
+    def phi(th, d):
+        inner = lambda dd: -F.cross_entropy(call(net, th, (x0 + dd,)), y0) + 0.001 * dd.pow(2).sum()
+        return d - 0.1 * torch.func.grad(inner)(d)
+
+    g_theta, g_delta = torch.func.grad(outer, argnums=(0, 1))(theta, delta)
+    jac_delta = torch.func.jacrev(phi, argnums=1)(theta, delta).reshape(12, 12)
+    jac_theta = torch.func.jacrev(phi, argnums=0)(theta, delta)
+    v, term = torch.zeros(12, dtype=torch.double), g_delta.reshape(12)
+    for _ in range(4):
+        v = v + term
+        term = jac_delta.T @ term
+    for n, g in zip(names, got):
+        want = g_theta[n] + torch.einsum("i,i...->...", v, jac_theta[n].reshape(12, *g.shape))
+        torch.testing.assert_close(g, want, rtol=1e-8, atol=1e-10)

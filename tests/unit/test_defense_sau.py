@@ -1,0 +1,114 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from burn.data import ImageDataset
+from burn.defenses.base import DefenderData, frozen_copy, trainable_copy
+from burn.defenses.sau import SAU, js_divergence, project, shared_label_loss
+from burn.models import create_model
+
+SMALL = SAU(epochs=2, batch_size=64, pgd_steps=3)
+SHARES = ("fooled", "fooled_ref", "common", "shared", "pgd_fooled", "pgd_fooled_ref",
+          "pgd_common", "pgd_shared")
+
+
+def _data(n=160):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 10
+    ds = ImageDataset(images, labels, tuple(str(i) for i in range(10)), "random")
+    return DefenderData(train=ds, clean=ds, clean_index=torch.arange(n))
+
+
+def _model():
+    """A width-4 model whose BatchNorm statistics are fitted to random images, so that its
+    predictions vary and adversarial perturbations can change them."""
+    torch.manual_seed(0)
+    model = create_model("preactresnet18", 10, width=4)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the one calibration batch
+    images = torch.randint(0, 256, (160, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model.train()(images.float() / 255)
+    return model.eval()
+
+
+def test_sau_changes_a_copy_reports_epochs_and_is_deterministic():
+    model, data = _model(), _data()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    purified, report = SMALL(model, data)
+    for k, v in model.state_dict().items():  # the caller's model is untouched
+        assert torch.equal(v, before[k]), k
+    assert type(purified) is type(model) and not purified.training
+    assert any(not torch.equal(v, before[k]) for k, v in purified.state_dict().items())
+    # eval mode throughout (train_mode=False): BatchNorm's running statistics are unchanged
+    assert torch.equal(purified.layers[0].bn1.running_mean, before["layers.0.bn1.running_mean"])
+    assert [r["epoch"] for r in report["epochs"]] == [1, 2]
+    for row in report["epochs"]:
+        assert all(0.0 <= row[k] <= 1.0 for k in SHARES)
+        assert row["common"] <= min(row["fooled"], row["fooled_ref"]) and row["shared"] <= row["common"]
+        assert 1.0 <= row["pgd_steps"] <= 3.0
+        assert row["loss"] == pytest.approx(row["loss_clean"] + row["loss_sar"])
+        assert row["loss_clean"] > 0 and row["loss_sar"] > 0 and row["epoch_s"] >= 0
+        assert row["pgd_shared"] > 0 and row["fooled_ref"] > 0
+    again, _ = SMALL(model, data)
+    for k, v in purified.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_sau_calls_evaluate_only_when_asked_and_train_mode_moves_batchnorm():
+    model, data = _model(), _data(64)
+    calls = []
+
+    def evaluate(m):
+        calls.append(m.training)
+        return {"acc": 0.5, "asr": 0.25, "ra": 0.125}
+
+    _, report = SAU(epochs=2, batch_size=64, pgd_steps=1)(model, data, evaluate=evaluate)
+    assert calls == [] and "acc" not in report["epochs"][0]
+    purified, report = SAU(epochs=2, batch_size=64, pgd_steps=1, eval_every=2,
+                           train_mode=True)(model, data, evaluate=evaluate)
+    assert calls == [False] and report["epochs"][1]["asr"] == 0.25
+    assert not torch.equal(purified.layers[0].bn1.running_mean, model.layers[0].bn1.running_mean)
+    with pytest.raises(ValueError):
+        SAU(norm_type="L3")(model, data)
+
+
+def test_shared_pgd_stays_in_the_ball():
+    model, data = _model(), _data(32)
+    x, y = data.clean.float(), data.clean.labels
+    for init in ("max", "random", "zero"):
+        cfg = SAU(pgd_init=init, pgd_steps=2)
+        delta, row = cfg._shared_pgd(trainable_copy(model).eval(), frozen_copy(model), x, y,
+                                     torch.Generator().manual_seed(0))
+        assert delta.shape == x.shape and not delta.requires_grad
+        assert float(delta.abs().max()) <= 0.2 + 1e-7 and float(delta.abs().max()) > 0
+        assert set(row) == {"pgd_fooled", "pgd_fooled_ref", "pgd_common", "pgd_shared", "pgd_steps"}
+    # the same model on both sides: every image that fools one fools the other with the same label
+    ref = frozen_copy(model)
+    _, row = SAU()._shared_pgd(ref, ref, x, y, torch.Generator())
+    assert row["pgd_fooled"] == row["pgd_common"] == row["pgd_shared"]
+
+
+def test_projection_and_losses():
+    d = torch.tensor([[[[0.5, -0.3, 0.1, 0.0]]], [[[0.01, 0.0, 0.0, 0.0]]]])
+    assert torch.equal(project(d, "L_inf", 0.2), d.clamp(-0.2, 0.2))
+    p2 = project(d, "L2", 0.2)
+    assert float(p2[0].norm()) == pytest.approx(0.2) and torch.equal(p2[1], d[1])
+    assert float(project(d, "L1", 0.2)[0].abs().sum()) == pytest.approx(0.2)
+    assert torch.equal(project(d, "Reg", 0.2), d)
+
+    a, b = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 2.0, -1.0]])
+    assert float(js_divergence(a, a)) == pytest.approx(0.0, abs=1e-7)
+    assert float(js_divergence(a, b)) == pytest.approx(float(js_divergence(b, a)))
+    assert 0 < float(js_divergence(a, b)) < float(torch.log(torch.tensor(2.0)))
+
+    logits = torch.tensor([[1.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 0.0]])
+    ref_label = torch.tensor([0, 1, 2])
+    sel = torch.tensor([True, True, False])
+    p = F.softmax(logits, 1)[[0, 1], [0, 1]]
+    want = -torch.log(1 - p).sum() / 3  # the two clamped forms agree away from the clamps
+    assert float(shared_label_loss(logits, ref_label, sel, 3)) == pytest.approx(float(want), rel=1e-4)
+    assert float(shared_label_loss(logits, ref_label, torch.zeros(3, dtype=torch.bool), 3)) == 0.0
