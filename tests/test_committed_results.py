@@ -16,6 +16,8 @@ from burn.experiment import attack_key, results_dir
 RESULTS = PROJECT_ROOT / "results"
 MODELS = sorted(p.parent for p in RESULTS.glob("*/*/**/none.json"))
 BURNS = sorted(RESULTS.glob("*/*/**/burn*.json"))
+BASELINES = sorted(p for d in ("fp", "nad", "anp", "ibau", "ftsam", "sau")
+                   for p in RESULTS.glob(f"*/*/**/{d}*.json"))
 
 
 def _id(p: Path) -> str:
@@ -55,6 +57,23 @@ def test_burn_record_hashes_to_its_key(path):
     assert rec["deepfool"]["key"] == dkey
     assert config_hash("burn", model["config_hash"], dkey, from_dict(BurnCfg, rec["config"]["burn"])) \
         == rec["config_hash"]
+
+
+@pytest.mark.parametrize("path", BASELINES, ids=_id)
+def test_baseline_record_hashes_to_its_key(path):
+    """A baseline's record names its attacked model, its settings and the defender's clean
+    subset (5% of the training set, by index)."""
+    from burn.defense_stage import CLEAN_RATIO, CLEAN_SEED
+    from burn.defenses import DEFENSES
+
+    rec = read_json(path)
+    model = read_json(path.parent / "none.json")
+    defense = from_dict(DEFENSES[rec["defense"]], rec["defense_config"])
+    assert rec["attack_config_hash"] == model["config_hash"]
+    assert rec["config_hash"] == defense.stage_key(model["config_hash"], "",
+                                                   config_hash("clean-subset", CLEAN_RATIO, CLEAN_SEED))
+    sub = rec["clean_subset"]
+    assert sub["n"] == len(sub["index"]) == round(CLEAN_RATIO * model["num_train"])
 
 
 def _preset_configs():

@@ -184,6 +184,9 @@ def check_value(name: str, hint, value, metadata=None) -> Any:
     ok = isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
+    if base is tuple and isinstance(value, list):  # YAML and JSON have lists, not tuples
+        value, ok = tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                          for v in value), True
     if not ok:
         want = _TYPE_NAMES.get(base, base.__name__) + (" or null" if optional else "")
         raise ConfigError(f"{name} must be {want}, got {value!r}")
