@@ -28,6 +28,10 @@ EPILOG = """examples:
       DeepFool distances + Burn on that model; writes burn.json with the per-iteration report
   burn defend --attack badnets --set burn.lr=1e-3 --set burn.divergence=js --tag lr1e-3-js
       any Burn parameter (docs/method.md) can be changed the same way, under a --tag name
+  burn defend --attack badnets --defense nad
+      a baseline (fp, nad, anp, ibau, ftsam, sau) with 5% clean training data; writes nad.json
+  burn defend --attack badnets --defense fp --set defenses.fp.selection=test_set --tag test_set
+      a baseline's settings (docs/defenses.md), under a --tag name
   burn presets
       list the presets and what they set
 

@@ -137,16 +137,31 @@ def fig2_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
     return fig
 
 
+def _defense_label(name: str) -> str:
+    from .defenses import DEFENSES
+
+    base, _, tag = name.partition(":")
+    label = DEFENSES[base].label if base in DEFENSES else ("No defense" if base == "none" else base)
+    return f"{label} ({tag})" if tag else label
+
+
 def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figure:
-    """Fig. 4: ACC vs ASR after each defense under each attack; missing runs are named."""
+    """Fig. 4: ACC vs ASR after each defense, one panel per attack (as the paper's); the
+    attacked model is "No defense"; missing runs are named under the figure."""
     set_style()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    attacks = list(dict.fromkeys(df["attack"])) or ["-"]
+    fig, axes = plt.subplots(1, len(attacks), figsize=(3.3 * len(attacks) + 1.8, 3.4),
+                             squeeze=False, sharey=True)
+    d = df.assign(defense=df["defense"].map(_defense_label))
+    order = list(dict.fromkeys(d["defense"]))
+    palette = dict(zip(order, sns.color_palette("tab10", len(order))))
+    for ax, a in zip(axes[0], attacks):
+        sns.scatterplot(d[d["attack"] == a], x="asr", y="acc", hue="defense", hue_order=order,
+                        palette=palette, style="opt_in", s=80, ax=ax, legend=ax is axes[0][-1])
+        ax.set(xlim=(-0.04, 1.04), xlabel="ASR (lower is better)", ylabel="clean ACC",
+               title=f"{_attack_label(a)} ({dataset})")
     if not df.empty:
-        d = df.assign(attack=df["attack"].map(_attack_label))
-        sns.scatterplot(d, x="asr", y="acc", hue="defense", style="attack", s=90, ax=ax)
-        ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
-    ax.set(xlim=(-0.02, 1.02), xlabel="ASR (lower is better)", ylabel="clean ACC (higher is better)",
-           title=f"Defenses: ACC vs ASR ({dataset})")
+        axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     if missing:
         shown = ", ".join(missing[:12]) + (f", ... ({len(missing)} in all)" if len(missing) > 12 else "")
         fig.text(0.01, -0.02, f"not run yet (no results): {shown}", fontsize=7, va="top", wrap=True)
