@@ -316,6 +316,11 @@ def main(argv=None) -> int:
             raise
         print(f"burn: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`burn attack | head`): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
