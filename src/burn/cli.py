@@ -158,7 +158,8 @@ def cmd_defend(args) -> int:
     run = attacked_model(cfg, _runtime(args))
     r = defense_run(run, name, defense=defense, tag=args.tag or "", rerun=args.rerun)
     b = r["before"]
-    print(f"{r['dataset']} | {cfg.attack.name} | {defense!r}")
+    desc = f"Burn, {cfg.burn.iterations} iterations" if name == "burn" else repr(defense)
+    print(f"{r['dataset']} | {cfg.attack.name} | {desc}")
     print(f"before: ACC {b['acc']:.4f}  ASR {b['asr']:.4f}  RA {b['ra']:.4f}")
     if name == "burn":
         _print_burn_iterations(r)
