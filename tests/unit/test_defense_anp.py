@@ -1,9 +1,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from defense_fixtures import random_data as _data
+from defense_fixtures import state as _state
+from defense_fixtures import tiny_model as _model
 
 import burn.defenses.anp as anp_mod
-from burn.data import ImageDataset
 from burn.defenses.anp import (
     ANP,
     adversarial_noise,
@@ -12,27 +14,9 @@ from burn.defenses.anp import (
     prune_by_threshold,
     thresholds,
 )
-from burn.defenses.base import DefenderData
-from burn.models import create_model
 
 # a large mask learning rate so that a few iterations on an untrained model move the masks
 FAST = {"iterations": 4, "batch_size": 32, "mask_lr": 5.0, "log_every": 2}
-
-
-def _data(n=200):
-    g = torch.Generator().manual_seed(0)
-    ds = ImageDataset(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
-                      torch.arange(n) % 10, tuple(str(i) for i in range(10)), "random")
-    return DefenderData(train=ds, clean=ds, clean_index=torch.arange(n))
-
-
-def _model():
-    torch.manual_seed(0)
-    return create_model("preactresnet18", 10, width=4)
-
-
-def _state(m):
-    return {k: v.clone() for k, v in m.state_dict().items()}
 
 
 def _zero_bn_weights(m):

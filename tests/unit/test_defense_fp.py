@@ -1,37 +1,21 @@
 import pytest
 import torch
+from defense_fixtures import random_data as _data
+from defense_fixtures import state as _state
+from defense_fixtures import tiny_model as _model
 
-from burn.data import ImageDataset
-from burn.defenses.base import DefenderData
 from burn.defenses.fp import (
     FinePruning,
     mean_activation,
     prune_counts,
     within_tolerance,
 )
-from burn.models import create_model
 
 FAST = {"epochs": 1, "batch_size": 64}
 
 
-def _data(n=200):
-    g = torch.Generator().manual_seed(0)
-    ds = ImageDataset(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
-                      torch.arange(n) % 10, tuple(str(i) for i in range(10)), "random")
-    return DefenderData(train=ds, clean=ds, clean_index=torch.arange(n))
-
-
-def _model():
-    torch.manual_seed(0)
-    return create_model("preactresnet18", 10, width=4)
-
-
 def _zero_columns(m):
     return (m.linear.weight == 0).all(0).nonzero().flatten().tolist()
-
-
-def _state(m):
-    return {k: v.clone() for k, v in m.state_dict().items()}
 
 
 def _no_evaluate(m):

@@ -1,36 +1,18 @@
 import torch
 import torch.nn.functional as F
+from defense_fixtures import calibrated_model, random_data
 from torch import nn
 
-from burn.data import ImageDataset
-from burn.defenses.base import DefenderData
 from burn.defenses.ibau import IBAU
-from burn.models import create_model
 
 SMALL = IBAU(rounds=2, fixed_point_steps=3, batch_size=64, patch_share=0.05)
 
 
 def _data(n=200):
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.arange(n) % 10
-    ds = ImageDataset(images, labels, tuple(str(i) for i in range(10)), "random")
-    return DefenderData(train=ds, clean=ds, clean_index=torch.arange(n))
+    return random_data(n)
 
 
-def _model():
-    """A width-4 model whose BatchNorm statistics are fitted to random images, so that its
-    predictions vary and adversarial perturbations can change them."""
-    torch.manual_seed(0)
-    model = create_model("preactresnet18", 10, width=4)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None  # cumulative average over the one calibration batch
-    images = torch.randint(0, 256, (160, 3, 32, 32), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        model.train()(images.float() / 255)
-    return model.eval()
+_model = calibrated_model
 
 
 def test_ibau_changes_a_copy_reports_rounds_and_is_deterministic():

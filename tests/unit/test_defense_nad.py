@@ -1,26 +1,17 @@
 import pytest
 import torch
+from defense_fixtures import random_data, tiny_model
+from defense_fixtures import state as _state
 
-from burn.data import ImageDataset
-from burn.defenses.base import DefenderData
 from burn.defenses.nad import NAD, at_loss, attention_map, capture_outputs, stage_ends
 from burn.models import create_model
 
-FAST = NAD(teacher_epochs=1, epochs=1, batch_size=64)
-
 
 def _setup(n=200):
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.arange(n) % 10
-    ds = ImageDataset(images, labels, tuple(str(c) for c in range(10)), "synthetic")
-    data = DefenderData(train=ds, clean=ds, clean_index=torch.arange(n))
-    torch.manual_seed(0)
-    return create_model("preactresnet18", 10, width=4), data
+    return tiny_model(), random_data(n)
 
 
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
+FAST = NAD(teacher_epochs=1, epochs=1, batch_size=64)
 
 
 def test_stage_ends_are_layer1_to_layer4():

@@ -1,11 +1,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from defense_fixtures import calibrated_model, random_data
 
-from burn.data import ImageDataset
-from burn.defenses.base import DefenderData, frozen_copy, trainable_copy
+from burn.defenses.base import frozen_copy, trainable_copy
 from burn.defenses.sau import SAU, js_divergence, project, shared_label_loss
-from burn.models import create_model
 
 SMALL = SAU(epochs=2, batch_size=64, pgd_steps=3)
 SHARES = ("fooled", "fooled_ref", "common", "shared", "pgd_fooled", "pgd_fooled_ref",
@@ -13,26 +12,10 @@ SHARES = ("fooled", "fooled_ref", "common", "shared", "pgd_fooled", "pgd_fooled_
 
 
 def _data(n=160):
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.arange(n) % 10
-    ds = ImageDataset(images, labels, tuple(str(i) for i in range(10)), "random")
-    return DefenderData(train=ds, clean=ds, clean_index=torch.arange(n))
+    return random_data(n)
 
 
-def _model():
-    """A width-4 model whose BatchNorm statistics are fitted to random images, so that its
-    predictions vary and adversarial perturbations can change them."""
-    torch.manual_seed(0)
-    model = create_model("preactresnet18", 10, width=4)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None  # cumulative average over the one calibration batch
-    images = torch.randint(0, 256, (160, 3, 32, 32), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        model.train()(images.float() / 255)
-    return model.eval()
+_model = calibrated_model
 
 
 def test_sau_changes_a_copy_reports_epochs_and_is_deterministic():

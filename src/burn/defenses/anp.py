@@ -34,12 +34,10 @@ from .base import (
     Evaluate,
     accuracy_on,
     frozen_copy,
-    split_clean,
+    selection_split,
     trainable_copy,
 )
 from .fp import within_tolerance
-
-SELECTIONS = ("held_out", "test_set")
 
 
 def bn_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -217,16 +215,9 @@ class ANP(Defense):
 
     def __call__(self, model: nn.Module, data: DefenderData, *, evaluate: Evaluate | None = None,
                  progress: bool = False) -> tuple[nn.Module, dict]:
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"unknown selection {self.selection!r}; choose one of {SELECTIONS}")
-        if self.selection == "test_set" and evaluate is None:
-            raise ValueError("selection='test_set' needs evaluate")
+        fit, held = selection_split(data, self.selection, self.held_out, self.seed, evaluate)
         t_start = time.perf_counter()
         gen = torch.Generator().manual_seed(self.seed)
-        if self.selection == "held_out":
-            fit, held = split_clean(data, self.held_out, seed=self.seed)
-        else:
-            fit, held = data.clean, None
         masks, log = optimize_masks(model, fit, self, gen, flip=data.flip, evaluate=evaluate,
                                     progress=progress)
         mask_s = time.perf_counter() - t_start

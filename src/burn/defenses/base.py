@@ -72,6 +72,23 @@ def split_clean(data: DefenderData, held_out: float, seed: int = 0) -> tuple[Ima
     return data.clean.subset(perm[k:].sort().values), data.clean.subset(perm[:k].sort().values)
 
 
+SELECTIONS = ("held_out", "test_set")
+
+
+def selection_split(data: DefenderData, selection: str, held_out: float, seed: int,
+                    evaluate: Evaluate | None) -> tuple[ImageDataset, ImageDataset | None]:
+    """(data to fit on, held-out clean data or None) for a defense that chooses an amount:
+    ``held_out`` (the default) splits the defender's clean data; ``test_set``
+    (BackdoorBench's rule) fits on all of it and measures with ``evaluate``."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"unknown selection {selection!r}; choose one of {SELECTIONS}")
+    if selection == "test_set":
+        if evaluate is None:
+            raise ValueError("selection='test_set' needs evaluate")
+        return data.clean, None
+    return split_clean(data, held_out, seed=seed)
+
+
 def accuracy_on(model: nn.Module, ds: ImageDataset) -> float:
     from ..metrics import accuracy, predict
 

@@ -31,11 +31,9 @@ from .base import (
     Defense,
     Evaluate,
     frozen_copy,
-    split_clean,
+    selection_split,
     trainable_copy,
 )
-
-SELECTIONS = ("held_out", "test_set")
 
 
 def within_tolerance(acc: float, acc0: float, ratio: float) -> bool:
@@ -165,17 +163,10 @@ class FinePruning(Defense):
 
     def __call__(self, model: nn.Module, data: DefenderData, *, evaluate: Evaluate | None = None,
                  progress: bool = False) -> tuple[nn.Module, dict]:
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"unknown selection {self.selection!r}; choose one of {SELECTIONS}")
-        if self.selection == "test_set" and evaluate is None:
-            raise ValueError("selection='test_set' needs evaluate")
+        fit, held = selection_split(data, self.selection, self.held_out, self.seed, evaluate)
         t_start = time.perf_counter()
         gen = torch.Generator().manual_seed(self.seed)
         base = frozen_copy(model)
-        if self.selection == "held_out":
-            fit, held = split_clean(data, self.held_out, seed=self.seed)
-        else:
-            fit, held = data.clean, None
         t0 = time.perf_counter()
         activation = mean_activation(base, fit.images, generator=gen, flip=data.flip,
                                      batch_size=self.batch_size)

@@ -1,0 +1,38 @@
+"""What the defense tests share: random defender data, tiny models, state snapshots."""
+
+import torch
+
+from burn.data import ImageDataset
+from burn.defenses.base import DefenderData
+from burn.models import create_model
+
+
+def random_data(n: int = 200) -> DefenderData:
+    """``n`` random uint8 images, labels 0-9 in turn, as both training and clean data."""
+    g = torch.Generator().manual_seed(0)
+    ds = ImageDataset(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                      torch.arange(n) % 10, tuple(str(i) for i in range(10)), "random")
+    return DefenderData(train=ds, clean=ds, clean_index=torch.arange(n))
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("preactresnet18", 10, width=4)
+
+
+def calibrated_model() -> torch.nn.Module:
+    """A width-4 model whose BatchNorm statistics are fitted to random images, so that its
+    predictions vary and adversarial perturbations can change them."""
+    model = tiny_model()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the one calibration batch
+    images = torch.randint(0, 256, (160, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model.train()(images.float() / 255)
+    return model.eval()
+
+
+def state(model: torch.nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
