@@ -155,13 +155,18 @@ def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figur
     d = df.assign(defense=df["defense"].map(_defense_label))
     order = list(dict.fromkeys(d["defense"]))
     palette = dict(zip(order, sns.color_palette("tab10", len(order))))
+    fullest = max(attacks, key=lambda a: (d["attack"] == a).sum())  # its legend names them all
     for ax, a in zip(axes[0], attacks):
         sns.scatterplot(d[d["attack"] == a], x="asr", y="acc", hue="defense", hue_order=order,
-                        palette=palette, style="opt_in", s=80, ax=ax, legend=ax is axes[0][-1])
+                        palette=palette, style="opt_in", style_order=[False, True], s=80, ax=ax,
+                        legend=a == fullest)
         ax.set(xlim=(-0.04, 1.04), xlabel="ASR (lower is better)", ylabel="clean ACC",
                title=f"{_attack_label(a)} ({dataset})")
     if not df.empty:
-        axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+        source = axes[0][attacks.index(fullest)]
+        handles, labels = source.get_legend_handles_labels()
+        source.get_legend().remove()
+        axes[0][-1].legend(handles, labels, fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     if missing:
         shown = ", ".join(missing[:12]) + (f", ... ({len(missing)} in all)" if len(missing) > 12 else "")
         fig.text(0.01, -0.02, f"not run yet (no results): {shown}", fontsize=7, va="top", wrap=True)
