@@ -33,6 +33,7 @@ from .base import (
     Defense,
     Evaluate,
     accuracy_on,
+    eval_due,
     frozen_copy,
     selection_split,
     trainable_copy,
@@ -121,8 +122,7 @@ def optimize_masks(model: nn.Module, ds: ImageDataset, cfg: ANP, generator: torc
         if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations:
             row = {"iteration": it + 1, "loss": tot_loss / seen, "train_acc": tot_correct / seen,
                    "wall_s": time.perf_counter() - t0}
-            if evaluate is not None and cfg.eval_every > 0 and \
-                    ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
+            if eval_due(evaluate, cfg.eval_every, it + 1, cfg.iterations):
                 row.update(evaluate(apply_masks(model, [mk.detach() for mk in masks])))
             rows.append(row)
             tot_loss, tot_correct, seen, t0 = 0.0, 0, 0, time.perf_counter()

@@ -72,6 +72,12 @@ def split_clean(data: DefenderData, held_out: float, seed: int = 0) -> tuple[Ima
     return data.clean.subset(perm[k:].sort().values), data.clean.subset(perm[:k].sort().values)
 
 
+def eval_due(evaluate: Evaluate | None, every: int, step: int, last: int | None = None) -> bool:
+    """Whether a defense's report measures the test sets after ``step`` (1-based): every
+    ``every`` steps (0: never), and at ``last`` when given; never without ``evaluate``."""
+    return evaluate is not None and every > 0 and (step % every == 0 or step == last)
+
+
 SELECTIONS = ("held_out", "test_set")
 
 

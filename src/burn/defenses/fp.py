@@ -30,6 +30,7 @@ from .base import (
     DefenderData,
     Defense,
     Evaluate,
+    eval_due,
     frozen_copy,
     selection_split,
     trainable_copy,
@@ -115,8 +116,7 @@ def finetune_masked(model: nn.Module, keep: Tensor, ds: ImageDataset, *, epochs:
             row = {"epoch": epoch + 1, "loss": loss, "lr": opt.param_groups[0]["lr"]}
             sched.step()
             row["epoch_s"] = time.perf_counter() - t0
-            if evaluate is not None and eval_every > 0 and \
-                    ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+            if eval_due(evaluate, eval_every, epoch + 1, epochs):
                 row.update(evaluate(model.eval()))
             rows.append(row)
     finally:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..models import to_model_format
 from ..train import augment_batch, iterate_batches
-from .base import DefenderData, Defense, Evaluate, trainable_copy
+from .base import DefenderData, Defense, Evaluate, eval_due, trainable_copy
 
 
 def smooth_cross_entropy(logits: Tensor, labels: Tensor, smoothing: float) -> Tensor:
@@ -159,8 +159,7 @@ class FTSAM(Defense):
             t0 = time.perf_counter()
             row = {"epoch": epoch, **self._epoch(net, opt, sched, data, gen),
                    "lr_end": opt.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0}
-            if evaluate is not None and self.eval_every > 0 and (
-                    epoch % self.eval_every == 0 or epoch == self.epochs):
+            if eval_due(evaluate, self.eval_every, epoch, self.epochs):
                 row.update(evaluate(net))
             rows.append(row)
         report["epochs"] = rows

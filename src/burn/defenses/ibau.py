@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..models import to_model_format
 from ..train import augment_batch, iterate_batches
-from .base import DefenderData, Defense, Evaluate, trainable_copy
+from .base import DefenderData, Defense, Evaluate, eval_due, trainable_copy
 
 # BackdoorBench stops the fixed-point iteration early when the iterate moves less than this
 FIXED_POINT_TOL = 1e-10
@@ -117,7 +117,7 @@ class IBAU(Defense):
                 opt.step()
             row = {"round": r + 1, **delta_row, "outer_loss": sum(outer_losses) / len(outer_losses),
                    "perturb_s": t1 - t0, "unlearn_s": time.perf_counter() - t1}
-            if evaluate is not None and self.eval_every and (r + 1) % self.eval_every == 0:
+            if eval_due(evaluate, self.eval_every, r + 1):
                 row.update(evaluate(net))
                 net.eval()
             rounds.append(row)

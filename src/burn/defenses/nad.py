@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..models import to_model_format
 from ..train import augment_batch, iterate_batches, run_epoch
-from .base import DefenderData, Defense, Evaluate, frozen_copy, trainable_copy
+from .base import DefenderData, Defense, Evaluate, eval_due, frozen_copy, trainable_copy
 
 
 def stage_ends(model: nn.Module) -> list[int]:
@@ -129,9 +129,6 @@ class NAD(Defense):
         report["wall_s"] = time.perf_counter() - t_start
         return student.eval(), report
 
-    def _due(self, epoch: int, last: int) -> bool:
-        return self.eval_every > 0 and (epoch % self.eval_every == 0 or epoch == last)
-
     def _train_teacher(self, model, data, gen, evaluate, progress) -> tuple[nn.Module, list[dict]]:
         """Fine-tune a copy of the attacked model on the clean data (cross-entropy, SGD,
         cosine per epoch); returned frozen in eval mode."""
@@ -148,7 +145,7 @@ class NAD(Defense):
                              flip=data.flip, amp_bf16=self.amp_bf16)
             sched.step()
             row = {"epoch": epoch, "loss": loss, "lr": lr, "epoch_s": time.perf_counter() - t0}
-            if evaluate is not None and self._due(epoch, self.teacher_epochs):
+            if eval_due(evaluate, self.eval_every, epoch, self.teacher_epochs):
                 row.update(evaluate(teacher))
             rows.append(row)
         return frozen_copy(teacher), rows
@@ -168,7 +165,7 @@ class NAD(Defense):
                 row = self._student_epoch(student, teacher, opt, data, gen, layers, s_out, t_out)
                 row = {"epoch": epoch, **row, "lr": opt.param_groups[0]["lr"],
                        "epoch_s": time.perf_counter() - t0}
-                if evaluate is not None and self._due(epoch, self.epochs):
+                if eval_due(evaluate, self.eval_every, epoch, self.epochs):
                     row.update(evaluate(student))
                 rows.append(row)
         return student, rows

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..models import to_model_format
 from ..train import iterate_batches
-from .base import DefenderData, Defense, Evaluate, frozen_copy, trainable_copy
+from .base import DefenderData, Defense, Evaluate, eval_due, frozen_copy, trainable_copy
 
 NORM_TYPES = ("L_inf", "L2", "L1", "Reg")
 PGD_INITS = ("zero", "random", "max", "min")
@@ -148,7 +148,7 @@ class SAU(Defense):
             epoch_s = time.perf_counter() - t0
             row = {"epoch": e + 1, **{k: v / len(labels) for k, v in sums.items()},
                    "pgd_s": pgd_s, "unlearn_s": epoch_s - pgd_s, "epoch_s": epoch_s}
-            if evaluate is not None and self.eval_every and (e + 1) % self.eval_every == 0:
+            if eval_due(evaluate, self.eval_every, e + 1):
                 row.update(evaluate(net))
                 net.eval()
             epochs.append(row)
