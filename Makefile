@@ -43,6 +43,7 @@ gpu-data:  # what experiments/gpu/run.sh needs on a GPU lease, in an ignored fol
 	mkdir -p .gpu-data/triggers
 	cp ../shared/data/cifar10-jpeg.tar.gz .gpu-data/
 	cp ../shared/triggers/* .gpu-data/triggers/
+	echo "$$(git rev-parse HEAD) $$(git status --porcelain --untracked-files=no | grep -q . && echo 1 || echo 0)" > .gpu-data/commit
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,45 +1,71 @@
 #!/usr/bin/env bash
-# One attack of a preset on one GPU lease (the paper's regime: width 64, 100 epochs), written
-# for the device tool's limits: one command of at most 10 minutes, files back only from $OUT
-# (at most 8, 16 MiB each, flat), nothing kept between leases.
+# Attacks of a preset on one GPU lease (the paper's regime: width 64, 100 epochs), written for
+# the device tool's limits: one command of at most 10 minutes, files back only from $OUT (at
+# most 8, 16 MiB each, 64 MiB together), nothing kept between leases.
 #
-#   here:        make gpu-data       # CIFAR-10 tarball + triggers into .gpu-data/ (git-ignored)
-#   on the GPU:  bash experiments/gpu/run.sh badnets      (device run, carry [".gpu-data"])
-#   back here:   bash experiments/gpu/collect.sh DIR      (DIR: the files that came back)
+#   here:        make gpu-data       # CIFAR-10 tarball, triggers and the commit into .gpu-data/
+#   on the GPU:  bash experiments/gpu/run.sh badnets blended   (device run, carry [".gpu-data"])
+#   back here:   bash experiments/gpu/collect.sh DIR           (DIR: the files that came back)
 #
-# Stages, each written to $OUT as soon as it ends, so a command cut off still returns what it
-# finished: 1) two epochs, timed, to size the rest (e2_none.json); 2) the full training
-# (none.json, model.pt split into model.pt.part-*); 3) DeepFool over the training set in
-# float32 (deepfool.npz); 4) Burn with the defaults (burn.json). log.txt holds everything.
+# Stages, each packed into $OUT as soon as it ends, so a command cut off still returns what it
+# finished: 0) seconds per epoch by precision (train_gpu.json, benchmarks/train_gpu.py); then per
+# attack 1) training (none.json, model.pt), 2) DeepFool over the training set in float32
+# (deepfool.npz) and Burn with the defaults (burn.json), 3) Burn's opt-ins. An attack's results
+# folder travels as <attack>.tar.part-NN (15 MiB parts). A stage starts only when the time it
+# took before (or the sizing's estimate) fits in what is left of BUDGET seconds. log.txt holds
+# everything.
 # A CPU dry run: PRESET=smoke DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/out bash experiments/gpu/run.sh badnets
 set -uo pipefail
-ATTACK=${1:-badnets}
+ATTACKS=${*:-badnets}
 PRESET=${PRESET:-paper}
 DEVICE=${DEVICE:-cuda}
+BUDGET=${BUDGET:-540}
 PY=${PYTHON:-python3}
 OUT=${OUT:?set OUT to the folder whose files come back}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 export PYTHONPATH=$ROOT/src PYTHONUNBUFFERED=1 BURN_CACHE=${BURN_CACHE:-/tmp/burn-cache}
-[ -d "$ROOT/.gpu-data" ] && export BURN_DATA=$ROOT/.gpu-data BURN_TRIGGERS=$ROOT/.gpu-data/triggers
+if [ -d "$ROOT/.gpu-data" ]; then
+  export BURN_DATA=$ROOT/.gpu-data BURN_TRIGGERS=$ROOT/.gpu-data/triggers
+  [ -f "$ROOT/.gpu-data/commit" ] && read -r BURN_GIT_COMMIT BURN_GIT_DIRTY < "$ROOT/.gpu-data/commit" \
+    && export BURN_GIT_COMMIT BURN_GIT_DIRTY
+fi
 RES=/tmp/burn-results
 LOG=$OUT/log.txt
-burn() { "$PY" -m burn.cli "$@" --device "$DEVICE" --results-root "$RES" --quiet 2>&1 | tee -a "$LOG"; }
-folder() { echo "$RES/$PRESET/$("$PY" -c "from burn.config import load_preset; print(load_preset('$PRESET').data.dataset)")/$ATTACK$1"; }
+T0=$(date +%s)
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+say() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$LOG"; }
+burn() { "$PY" -m burn.cli "$@" --preset "$PRESET" --device "$DEVICE" --results-root "$RES" --quiet 2>&1 | tee -a "$LOG"; }
+folder() { echo "$RES/$PRESET/$("$PY" -c "from burn.config import load_preset; print(load_preset('$PRESET').data.dataset)")/$1"; }
+pack() {  # the attack's results folder (without variants/) into $OUT as 15 MiB parts
+  local d; d=$(folder "$1"); [ -d "$d" ] || return 0
+  rm -rf "/tmp/pack-$1" && mkdir -p "/tmp/pack-$1"
+  tar -C "$d" --exclude=variants -cf "/tmp/pack-$1/$1.tar" . \
+    && split -b 15M -d "/tmp/pack-$1/$1.tar" "/tmp/pack-$1/$1.tar.part-" && rm "/tmp/pack-$1/$1.tar" \
+    && rm -f "$OUT/$1.tar.part-"* && mv "/tmp/pack-$1/"* "$OUT/"
+}
+fits() { [ "$(left)" -gt "$1" ] || { say "skipped: $2 needs about $1 s, $(left) s left"; return 1; }; }
 mkdir -p "$OUT"
-{ date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >> "$LOG"
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >> "$LOG"
 
-t0=$(date +%s)
-burn attack --preset "$PRESET" --attack "$ATTACK" --set train.epochs=2 --variant gpu-e2
-cp "$(folder /variants/gpu-e2)/none.json" "$OUT/e2_none.json" 2>/dev/null
-echo "stage 1 (2 epochs): $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+say "stage 0: seconds per epoch by precision"
+"$PY" "$ROOT/benchmarks/train_gpu.py" --device "$DEVICE" --out "$OUT/train_gpu.json" \
+  $([ "$PRESET" = smoke ] && echo "--width 4 --n 512") 2>&1 | tee -a "$LOG"
+EPOCHS=$("$PY" -c "from burn.config import load_preset; print(load_preset('$PRESET').train.epochs)")
+EPOCH_S=$("$PY" -c "import json; r={x['precision']: min(x['epoch_s']) for x in json.load(open('$OUT/train_gpu.json'))['rows']}; print(int(r['tf32'] + 1))" 2>/dev/null || echo 3)
+NEED=$(( EPOCHS * EPOCH_S * 3 / 2 + 60 ))  # training + DeepFool + Burn, first estimate
 
-t1=$(date +%s)
-burn attack --preset "$PRESET" --attack "$ATTACK"
-D=$(folder "")
-cp "$D/none.json" "$OUT/none.json" 2>/dev/null && split -b 15M -d "$D/model.pt" "$OUT/model.pt.part-"
-echo "stage 2 (training): $(( $(date +%s) - t1 )) s" | tee -a "$LOG"
-
-t2=$(date +%s)
-burn defend --preset "$PRESET" --attack "$ATTACK"
-cp "$D/deepfool.npz" "$D/burn.json" "$OUT/" 2>/dev/null
-echo "stages 3-4 (DeepFool + Burn): $(( $(date +%s) - t2 )) s; all: $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+for A in $ATTACKS; do
+  fits "$NEED" "$A (training, DeepFool, Burn)" || break
+  t=$(date +%s)
+  say "stage 1: $A training"; burn attack --attack "$A"; pack "$A"
+  say "stage 2: $A DeepFool + Burn"; t2=$(date +%s); burn defend --attack "$A"; pack "$A"
+  BURN_S=$(( $(date +%s) - t2 )); NEED=$(( $(date +%s) - t + 30 ))
+  say "$A: training + DeepFool + Burn took $(( NEED - 30 )) s"
+  for opt in "burn.lambda_end=0.5 lambda_end_0.5" "burn.selection=suspect_class suspect_class"; do
+    set -- $opt
+    fits "$(( BURN_S / 2 + 30 ))" "$A Burn $2" || continue
+    say "stage 3: $A Burn $2"; burn defend --attack "$A" --set "$1" --tag "$2"; pack "$A"
+  done
+done
+say "done"

@@ -22,6 +22,8 @@ PRESET_DIR = PROJECT_ROOT / "experiments" / "presets"
 POSITIVE = {"check": "positive"}  # a size or count: > 0
 NONNEG = {"check": "nonneg"}  # >= 0
 FRACTION = {"check": "fraction"}  # in [0, 1]
+# options added after results were committed: see ``to_dict(for_key=True)``
+OMIT_AT_DEFAULT = {"omit_at_default": True}
 
 
 def choices(*values: str) -> dict:
@@ -61,6 +63,10 @@ class TrainCfg:
     augment: bool = True
     crop_padding: int = field(default=4, metadata=NONNEG)
     amp_bf16: bool = False
+    # TF32 tensor cores for training's convolutions and matmuls on a CUDA device (no effect on
+    # the CPU). BackdoorBench trains with amp off under PyTorch's defaults, where cuDNN
+    # convolutions run in TF32 on Ampere and later GPUs. DeepFool always runs in exact float32.
+    tf32: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
     seed: int = 0
 
 
@@ -87,9 +93,6 @@ class DeepFoolCfg:
     max_iter: int = field(default=50, metadata=POSITIVE)
     step_eps: float = field(default=1e-4, metadata=NONNEG)
 
-
-# field metadata of options added after results were committed: see ``to_dict(for_key=True)``
-OMIT_AT_DEFAULT = {"omit_at_default": True}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ deterministic on the CPU, with per-epoch checkpoints so an interrupted run resum
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -88,6 +89,21 @@ def run_epoch(model: nn.Module, optimizer, images: Tensor, labels: Tensor, *, ba
     return float(total) / max(count, 1)
 
 
+@contextlib.contextmanager
+def tf32_enabled(device: torch.device, enabled: bool):
+    """TF32 for CUDA convolutions and matmuls inside the block, the previous setting after it
+    (``Runtime.apply`` turns it off so that DeepFool runs in exact float32)."""
+    if device.type != "cuda":
+        yield
+        return
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg, *,
                 flip: bool = True, checkpoint: Path | None = None, progress: bool = True,
                 on_epoch_end: Callable[[int, nn.Module], dict] | None = None,
@@ -118,10 +134,11 @@ def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg,
         if stop_after is not None and epoch - start >= stop_after:
             break
         t0 = time.perf_counter()
-        loss = run_epoch(model, opt, images, labels, batch_size=cfg.batch_size, generator=gen,
-                         augment=cfg.augment, crop_padding=cfg.crop_padding, flip=flip,
-                         amp_bf16=cfg.amp_bf16, progress=progress, desc=f"epoch {epoch + 1}",
-                         hook=hook)
+        with tf32_enabled(next(model.parameters()).device, cfg.tf32):
+            loss = run_epoch(model, opt, images, labels, batch_size=cfg.batch_size,
+                             generator=gen, augment=cfg.augment, crop_padding=cfg.crop_padding,
+                             flip=flip, amp_bf16=cfg.amp_bf16, progress=progress,
+                             desc=f"epoch {epoch + 1}", hook=hook)
         sched.step()
         if not math.isfinite(loss):  # never checkpoint (or commit) a diverged model
             raise FloatingPointError(f"training diverged: the mean loss of epoch {epoch + 1} is "
