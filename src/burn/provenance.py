@@ -26,9 +26,10 @@ def git_commit() -> dict:
         dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
-    if not commit and os.environ.get("BURN_GIT_COMMIT"):
-        # a copy of the tree without .git (a GPU lease): the commit the copy was made from,
-        # passed in by experiments/gpu/run.sh
+    if os.environ.get("BURN_GIT_COMMIT"):
+        # a copy of the tree sent to a GPU lease, whose .git (if any) may not match the files:
+        # the commit the copy was made from, written by `make gpu-data` and passed in by
+        # experiments/gpu/run.sh
         commit = os.environ["BURN_GIT_COMMIT"]
         dirty = os.environ.get("BURN_GIT_DIRTY", "0") == "1"
     return {"commit": commit or None, "dirty": dirty}
