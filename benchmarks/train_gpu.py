@@ -10,8 +10,12 @@ Each precision trains a fresh seeded PreAct-ResNet-18 for ``--epochs`` epochs ov
 seeded random uint8 images (the cost does not depend on the pixels): ``float32`` (TF32 off,
 exact), ``tf32`` (``train.tf32``: TF32 tensor cores for convolutions and matmuls, what
 PyTorch's defaults give BackdoorBench's amp-off training on such GPUs) and ``bf16``
-(``train.amp_bf16``: bf16 autocast). The file is rewritten after every precision, so a run that
-is cut off keeps what it measured.
+(``train.amp_bf16``: bf16 autocast). With ``--compile MODE``, each precision is measured again
+with the model under ``torch.compile(mode=MODE)`` (``reduce-overhead`` adds CUDA graphs): at
+batch 128 an eager step on an H200 is bound by the host, not the GPU (8.3 ms for about 1 ms
+of arithmetic), which is what compiling could remove; the first epoch then includes the
+compilation. The file is rewritten after every row, so a run that is cut off keeps what it
+measured.
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ PRECISIONS = {"float32": (False, False), "tf32": (True, False), "bf16": (False, 
 
 
 def epoch_times(precision: str, *, device: torch.device, width: int, n: int, batch: int,
-                epochs: int, seed: int = 0) -> list[float]:
+                epochs: int, compile_mode: str | None = None, seed: int = 0) -> list[float]:
     """Seconds of each of ``epochs`` training epochs (the first includes cuDNN's warm-up)."""
     tf32, bf16 = PRECISIONS[precision]
     torch.manual_seed(seed)
     model = create_model("preactresnet18", 10, width, "cifar10").to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if compile_mode is not None:
+        model = torch.compile(model, mode=compile_mode)
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
     labels = torch.randint(0, 10, (n,), generator=g).to(device)
@@ -58,21 +64,25 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
+    ap.add_argument("--compile", dest="compile_mode", metavar="MODE",
+                    help="also measure each precision under torch.compile(mode=MODE)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     out = {"width": args.width, "n": args.n, "batch": args.batch, "epochs": args.epochs,
            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "rows": [], **provenance()}
-    for precision in args.precisions:
-        t = epoch_times(precision, device=device, width=args.width, n=args.n, batch=args.batch,
-                        epochs=args.epochs)
-        row = {"precision": precision, "epoch_s": [round(s, 2) for s in t],
-               "images_per_s": round(args.n / min(t), 1)}
-        out["rows"].append(row)
-        write_json(args.out, out)
-        print(f"{precision:8s} epochs {row['epoch_s']} s  ({row['images_per_s']:.0f} img/s)",
-              flush=True)
+    modes = [None] + ([args.compile_mode] if args.compile_mode else [])
+    for compile_mode in modes:
+        for precision in args.precisions:
+            t = epoch_times(precision, device=device, width=args.width, n=args.n,
+                            batch=args.batch, epochs=args.epochs, compile_mode=compile_mode)
+            row = {"precision": precision, "compile": compile_mode,
+                   "epoch_s": [round(s, 2) for s in t], "images_per_s": round(args.n / min(t), 1)}
+            out["rows"].append(row)
+            write_json(args.out, out)
+            print(f"{precision:8s} compile={compile_mode}  epochs {row['epoch_s']} s  "
+                  f"({row['images_per_s']:.0f} img/s)", flush=True)
     return out
 
 
