@@ -34,7 +34,7 @@ from .metrics import evaluate
 from .models import create_model
 from .provenance import provenance
 from .runtime import Runtime
-from .stages import cached
+from .stages import TorchStore, cached
 from .train import train_model
 
 ATTACK_STAGE_VERSION = 1
@@ -236,16 +236,33 @@ def attacked_model(cfg: ExperimentCfg, runtime: Runtime = Runtime(), *,
                      stored["record"], out, runtime, bool(computed))
 
 
-def _fit_custom(cfg, runtime, attack, train, cache: Path) -> Attack:
+@dataclass(frozen=True)
+class FittedAttackStore:
+    """A fitted attack (Input-aware's networks) in the run cache, as its ``attack_state()``.
+    A fit made now is returned as fitted; a stored one is rebuilt with ``template.with_state``."""
+
+    path: Path
+    template: Attack
+
+    def stored_key(self):
+        return TorchStore(self.path).stored_key()
+
+    def load(self) -> Attack:
+        return self.template.with_state(TorchStore(self.path).load())
+
+    def save(self, value: Attack, key: str) -> Attack:
+        TorchStore(self.path).save(value.attack_state(), key)
+        return value
+
+
+def _fit_custom(cfg, runtime, attack, train, cache: Path, key: str, rerun: bool) -> Attack:
     """Fit a custom-training attack (Input-aware's mask net), kept in the run cache so an
     interrupted training run does not fit it again."""
-    path = cache / "fitted_attack.pt"
-    if path.is_file():
-        return attack.with_state(load_torch(path)["attack_state"])
-    runtime.say(f"{cfg.attack.name}: fitting the attack's own networks before training")
-    attack = fit_attack(cfg, runtime, train)
-    save_torch({"attack_state": attack.attack_state()}, path)
-    return attack
+    def fit():
+        runtime.say(f"{cfg.attack.name}: fitting the attack's own networks before training")
+        return fit_attack(cfg, runtime, train)
+
+    return cached(FittedAttackStore(cache / "fitted_attack.pt", attack), key, fit, rerun=rerun)
 
 
 def _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain):
@@ -255,13 +272,12 @@ def _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
     # see results/README.md) resumes here; the run cache outside the repository may be gone.
     shipped = out / f"checkpoint-{key}.pt"
     if retrain:
-        for f in (ckpt, cache / "fitted_attack.pt"):
-            f.unlink(missing_ok=True)
+        ckpt.unlink(missing_ok=True)
     if not retrain and not ckpt.exists() and shipped.is_file():
         shutil.copyfile(shipped, ckpt)
     hook = None
     if attack.custom_training:
-        attack = _fit_custom(cfg, runtime, attack, train, cache)
+        attack = _fit_custom(cfg, runtime, attack, train, cache, key, retrain)
         hook = attack.training_hook(seed=cfg.train.seed, device=runtime.torch_device())
         images, labels = train.images, train.labels  # the hook poisons each batch
     else:

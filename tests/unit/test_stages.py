@@ -66,3 +66,29 @@ def test_entries_of_a_sweep_are_kept_side_by_side(tmp_path):
         cached(EntryStore(path, k), k, lambda k=k: {"row": k})
     compute, calls = _counting({"row": "a2"})
     assert cached(EntryStore(path, "a"), "a", compute) == {"row": "a"} and not calls
+
+
+def test_fitted_attack_is_returned_as_fitted_and_rebuilt_from_its_stored_state(tmp_path):
+    from dataclasses import dataclass, replace
+
+    from burn.experiment import FittedAttackStore
+
+    @dataclass(frozen=True)
+    class Fitted:  # an attack's state interface: attack_state() / with_state()
+        weight: float = 0.0
+        restored: bool = False
+
+        def attack_state(self):
+            return {"weight": round(self.weight, 1)}  # stored rounded, as float16 would be
+
+        def with_state(self, state):
+            return replace(self, weight=state["weight"], restored=True)
+
+    store = FittedAttackStore(tmp_path / "fitted_attack.pt", Fitted())
+    compute, calls = _counting(Fitted(weight=0.123))
+    assert cached(store, "k1", compute) == Fitted(weight=0.123)  # unrounded when fitted now
+    assert cached(store, "k1", compute) == Fitted(weight=0.1, restored=True)
+    assert len(calls) == 1
+    cached(store, "k1", compute, rerun=True)
+    cached(store, "k2", compute)
+    assert len(calls) == 3
