@@ -18,11 +18,11 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .cache import config_hash, load_torch, run_dir, save_torch, write_json
 from .config import DeepFoolCfg, to_dict
 from .models import to_model_format
+from .progress import tqdm
 
 DEEPFOOL_VERSION = 1
 CHUNK_BATCHES = 20  # cached_deepfool saves its partial results every this many batches

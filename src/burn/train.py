@@ -12,11 +12,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .cache import load_torch, save_torch
 from .config import TrainCfg
 from .models import to_model_format
+from .progress import tqdm
 
 
 def augment_batch(x: Tensor, generator: torch.Generator, padding: int = 4,

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..data import ImageDataset
+from ..progress import tqdm
 from .base import Attack, PoisonedDataset, to_uint8
 
 EPS = 1e-7

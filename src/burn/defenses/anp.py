@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from ..data import ImageDataset
 from ..models import to_model_format
+from ..progress import tqdm
 from ..train import augment_batch
 from .base import (
     DefenderData,

@@ -20,11 +20,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..cache import config_hash
 from ..config import BurnCfg
 from ..metrics import predict_logits
+from ..progress import tqdm
 from ..train import run_epoch
 from .base import DefenderData, Defense
 

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..data import ImageDataset
 from ..models import to_model_format
+from ..progress import tqdm
 from ..train import augment_batch, run_epoch
 from .base import (
     DefenderData,

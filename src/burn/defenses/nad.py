@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..models import to_model_format
+from ..progress import tqdm
 from ..train import augment_batch, iterate_batches, run_epoch
 from .base import DefenderData, Defense, Evaluate, eval_due, frozen_copy, trainable_copy
 
