@@ -15,6 +15,9 @@
 # folder travels as <attack>.tar.part-NN (15 MiB parts). A stage starts only when the time it
 # took before (or the sizing's estimate) fits in what is left of BUDGET seconds. log.txt holds
 # everything.
+# COMPILE=reduce-overhead trains through torch.compile with CUDA graphs (Runtime.compile) and
+# measures TF32 eager against compiled in stage 0 (float32 and bf16 are in
+# results/benchmarks/train_gpu.json); not measured on a GPU yet, so not the default.
 # A CPU dry run: PRESET=smoke DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/out bash experiments/gpu/run.sh badnets
 set -uo pipefail
 ATTACKS=${*:-badnets}
@@ -35,7 +38,8 @@ LOG=$OUT/log.txt
 T0=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 say() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$LOG"; }
-burn() { "$PY" -m burn.cli "$@" --preset "$PRESET" --device "$DEVICE" --results-root "$RES" --quiet 2>&1 | tee -a "$LOG"; }
+burn() { "$PY" -m burn.cli "$@" --preset "$PRESET" --device "$DEVICE" ${COMPILE:+--compile "$COMPILE"} \
+  --results-root "$RES" --quiet 2>&1 | tee -a "$LOG"; }
 folder() { echo "$RES/$PRESET/$("$PY" -c "from burn.config import load_preset; print(load_preset('$PRESET').data.dataset)")/$1"; }
 pack() {  # the attack's results folder (without variants/) into $OUT as 15 MiB parts
   local d; d=$(folder "$1"); [ -d "$d" ] || return 0
@@ -51,7 +55,7 @@ mkdir -p "$OUT"
 
 say "stage 0: seconds per epoch by precision"
 "$PY" "$ROOT/benchmarks/train_gpu.py" --device "$DEVICE" --out "$OUT/train_gpu.json" \
-  $([ "$PRESET" = smoke ] && echo "--width 4 --n 512") 2>&1 | tee -a "$LOG"
+  $([ "$PRESET" = smoke ] && echo "--width 4 --n 512") ${COMPILE:+--precisions tf32 --compile "$COMPILE"} 2>&1 | tee -a "$LOG"
 # training at the measured TF32 epoch (3.2 s on an H200), plus DeepFool and Burn (96 s + 36 s
 # there on 2026-11-28): the first attack's estimate; later ones use what the first one took
 NEED=$("$PY" -c "

@@ -17,7 +17,7 @@ from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset
 from .data import DatasetNotFoundError
 from .defenses import DEFENSES
 from .experiment import ResultsConflictError
-from .runtime import Runtime
+from .runtime import COMPILE_MODES, Runtime
 
 EPILOG = """examples:
   burn attack --attack badnets --dataset cifar10 --preset cpu
@@ -74,12 +74,16 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     """Options of how a run executes; none of them changes a result's key."""
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core)")
+    p.add_argument("--compile", choices=COMPILE_MODES, metavar="MODE",
+                   help="train through torch.compile(mode=MODE): default | reduce-overhead "
+                        "(CUDA graphs) | max-autotune (default: eager)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def _runtime(args) -> Runtime:
-    return Runtime(device=args.device, threads=args.threads, data_root=getattr(args, "data_root", None),
+    return Runtime(device=args.device, threads=args.threads,
+                   compile=getattr(args, "compile", None), data_root=getattr(args, "data_root", None),
                    results_root=getattr(args, "results_root", None),
                    download=getattr(args, "download", False), progress=not args.quiet,
                    debug=args.debug)

@@ -293,7 +293,7 @@ def _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
     device = runtime.torch_device()
     history = train_model(model, images.to(device), labels.to(device), cfg.train,
                           flip=dataset_spec(cfg.data.dataset).flip, checkpoint=ckpt,
-                          progress=runtime.progress, hook=hook)
+                          progress=runtime.progress, hook=hook, compile_mode=runtime.compile)
     wall = time.perf_counter() - t0
     if hook is not None:
         attack = hook.fitted()

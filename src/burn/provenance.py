@@ -77,7 +77,8 @@ def provenance(runtime=None) -> dict:
     if runtime is not None:
         out["runtime"] = {"device": str(runtime.torch_device()), "threads": runtime.threads,
                           "channels_last": runtime.channels_last,
-                          "deepfool_batch": runtime.deepfool_batch_size()}
+                          "deepfool_batch": runtime.deepfool_batch_size(),
+                          **({"compile": runtime.compile} if runtime.compile else {})}
     return out
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,9 @@ class Runtime:
     ``threads``: CPU threads for torch (None: torch's default, one per core).
     ``channels_last``: memory layout of the model (None: on for width >= 16, where it is
     1.3-1.9x faster on the CPU; at width 4 it is slower). ``deepfool_batch``: images per
-    DeepFool batch (None: 256 on the CPU, 2048 on a GPU). ``data_root`` / ``results_root``:
+    DeepFool batch (None: 256 on the CPU, 2048 on a GPU). ``compile``: train the attacked
+    model through ``torch.compile(mode=compile)`` (None: eager); ``reduce-overhead`` adds CUDA
+    graphs, for a GPU step bound by the host. ``data_root`` / ``results_root``:
     where datasets are read and results written (None: the defaults of ``burn.data`` and
     the repository's ``results/``)."""
 
@@ -29,6 +32,7 @@ class Runtime:
     threads: int | None = None
     channels_last: bool | None = None
     deepfool_batch: int | None = None
+    compile: str | None = None
     data_root: str | None = None
     results_root: str | None = None
     download: bool = False
@@ -38,6 +42,8 @@ class Runtime:
     def __post_init__(self):
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ValueError(f"--device must be one of {list(DEVICES)} or cuda:N, got {self.device!r}")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise ValueError(f"--compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
         for name in ("threads", "deepfool_batch"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

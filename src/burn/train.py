@@ -107,13 +107,16 @@ def tf32_enabled(device: torch.device, enabled: bool):
 def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg, *,
                 flip: bool = True, checkpoint: Path | None = None, progress: bool = True,
                 on_epoch_end: Callable[[int, nn.Module], dict] | None = None,
-                stop_after: int | None = None, hook=None) -> list[dict]:
+                stop_after: int | None = None, hook=None,
+                compile_mode: str | None = None) -> list[dict]:
     """Train ``model`` in place. With ``checkpoint``, state is saved after every epoch and a
     run interrupted at any point resumes from the last finished epoch. ``stop_after`` ends the
     call after that many epochs (it simulates an interruption in tests). ``flip``: whether
     augmentation flips (the dataset's setting, ``burn.data.DatasetSpec``). ``hook``: an
-    attack's training hook (see ``run_epoch``), checkpointed with the model. Returns the
-    per-epoch history."""
+    attack's training hook (see ``run_epoch``), checkpointed with the model. ``compile_mode``:
+    the steps run through ``torch.compile(model, mode=compile_mode)``, which shares ``model``'s
+    parameters (what is checkpointed and returned is ``model``). Returns the per-epoch
+    history."""
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
@@ -128,6 +131,7 @@ def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg,
         start, history = state["epoch"], state["history"]
         if hook is not None:
             hook.load_state_dict(state["hook"])
+    net = model if compile_mode is None else torch.compile(model, mode=compile_mode)
     epochs = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc="train",
                   disable=not progress)
     for epoch in epochs:
@@ -135,7 +139,7 @@ def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg,
             break
         t0 = time.perf_counter()
         with tf32_enabled(next(model.parameters()).device, cfg.tf32):
-            loss = run_epoch(model, opt, images, labels, batch_size=cfg.batch_size,
+            loss = run_epoch(net, opt, images, labels, batch_size=cfg.batch_size,
                              generator=gen, augment=cfg.augment, crop_padding=cfg.crop_padding,
                              flip=flip, amp_bf16=cfg.amp_bf16, progress=progress,
                              desc=f"epoch {epoch + 1}", hook=hook)
