@@ -329,17 +329,19 @@ def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200
 def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=PAPER_DEFENSES,
                      *, results_root=None) -> tuple[pd.DataFrame, list[str]]:
     """Fig. 4: ACC and ASR of every (attack, defense) whose results exist, plus the attacked
-    model (defense "none"). Opt-in Burn variants (``burn_<tag>.json``, e.g. the suspect-class
-    selection) are added as defense ``burn:<tag>`` with ``opt_in`` true, beside the paper's
-    default, never in its place. Returns the table and the list of missing combinations, which
-    the figure names instead of faking them."""
+    model (defense "none"). Runs with non-default options (``<defense>_<tag>.json``: Burn's
+    suspect-class selection, FP's and ANP's BackdoorBench test-set rule) are added as defense
+    ``<defense>:<tag>`` with ``opt_in`` true, beside the default, never in its place. Returns
+    the table and the list of missing combinations, which the figure names instead of faking
+    them."""
     rows, missing = [], []
     for a in attacks:
         cfg = load_preset(preset, {"data": {"dataset": dataset}, "attack": {"name": a}})
         d = results_dir(cfg, results_root)
         files = [(defense, d / f"{defense}.json", False) for defense in ("none", *defenses)]
-        if "burn" in defenses:
-            files += [(f"burn:{f.stem[len('burn_'):]}", f, True) for f in sorted(d.glob("burn_*.json"))]
+        for defense in defenses:
+            files += [(f"{defense}:{f.stem[len(defense) + 1:]}", f, True)
+                      for f in sorted(d.glob(f"{defense}_*.json"))]
         for defense, f, opt_in in files:
             if f.is_file():
                 r = read_json(f)

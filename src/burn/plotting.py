@@ -154,7 +154,8 @@ def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figur
                              squeeze=False, sharey=True)
     d = df.assign(defense=df["defense"].map(_defense_label))
     order = list(dict.fromkeys(d["defense"]))
-    palette = dict(zip(order, sns.color_palette("tab10", len(order))))
+    palette = dict(zip(order, sns.color_palette("tab10" if len(order) <= 10 else "tab20",
+                                                len(order))))  # tab10 repeats past 10
     fullest = max(attacks, key=lambda a: (d["attack"] == a).sum())  # its legend names them all
     for ax, a in zip(axes[0], attacks):
         sns.scatterplot(d[d["attack"] == a], x="asr", y="acc", hue="defense", hue_order=order,
