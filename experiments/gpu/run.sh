@@ -40,7 +40,8 @@ left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 say() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$LOG"; }
 burn() { "$PY" -m burn.cli "$@" --preset "$PRESET" --device "$DEVICE" ${COMPILE:+--compile "$COMPILE"} \
   --results-root "$RES" --quiet 2>&1 | tee -a "$LOG"; }
-folder() { echo "$RES/$PRESET/$("$PY" -c "from burn.config import load_preset; print(load_preset('$PRESET').data.dataset)")/$1"; }
+DATASET=$("$PY" -c "from burn.config import load_preset; print(load_preset('$PRESET').data.dataset)")
+folder() { echo "$RES/$PRESET/$DATASET/$1"; }
 pack() {  # the attack's results folder (without variants/) into $OUT as 15 MiB parts
   local d; d=$(folder "$1"); [ -d "$d" ] || return 0
   rm -rf "/tmp/pack-$1" && mkdir -p "/tmp/pack-$1"

@@ -94,7 +94,6 @@ class DeepFoolCfg:
     step_eps: float = field(default=1e-4, metadata=NONNEG)
 
 
-
 @dataclass(frozen=True)
 class BurnCfg:
     """Every number of Burn (docs/method.md). Fractions are of the whole training set ``D``."""
