@@ -66,6 +66,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value, e.g. train.epochs=30 (repeatable)")
     p.add_argument("--variant", help="name for a modified preset (with --set); results go to <attack>/variants/<name>/")
+    p.add_argument("--seed", type=int, help="the run's one seed (default 0, the committed results); "
+                                            "results go to <attack>/[variants/<name>/]seeds/<n>/")
     p.add_argument("--results-root", help="where results/ lives (default: the repository's results/)")
     _runtime_args(p)
 
@@ -105,6 +107,8 @@ def _overrides(args, drop: str = "") -> dict:
         overrides.setdefault("attack", {})["name"] = args.attack
     if args.variant:
         overrides["variant"] = args.variant
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
     return overrides
 
 

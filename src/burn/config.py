@@ -111,7 +111,10 @@ class BurnCfg:
     # How P_t is drawn. "global" (the paper, the default): the top alpha_t of all of D by score.
     # "suspect_class" (opt-in repair, not the paper): estimate the target as the given label
     # whose samples have the largest median distance, and draw P_t from that class only.
-    selection: str = field(default="global", metadata=choices("global", "suspect_class"))
+    # "random" (the control, not a defense): P_t is a seeded uniform draw of the same size from
+    # all of D, redrawn each iteration; everything else as "global". It measures what the
+    # ranking adds over relabeling any alpha_t of D with their adversarial labels.
+    selection: str = field(default="global", metadata=choices("global", "suspect_class", "random"))
     # Opt-in (not the paper): phase 1 also fine-tunes on the bottom beta_0 of D by distance with
     # their given labels, as phase 2 does; the spec's phase 1 trains on P_0 alone. Measured with
     # the suspect-class selection it raises ACC after phase 1 (BadNets 0.702 -> 0.769) but not
@@ -129,6 +132,12 @@ class ExperimentCfg:
     # A named variant of the preset (e.g. a regime of the regime study): its results go to
     # results/<preset>/<dataset>/<attack>/variants/<variant>/ instead of the preset's folder.
     variant: str = ""
+    # The run's one seed (``--seed N``): it drives every random choice of the run (poison
+    # indices, initialization, data order, augmentation, the defender's clean subset, Burn's
+    # and the baselines' shuffles) by setting ``train.seed``, ``burn.seed`` and each defense's
+    # ``seed``. Seed 0 is the committed results' (their keys are unchanged); another seed's
+    # results go to ``<attack>/[variants/<variant>/]seeds/<n>/``.
+    seed: int = field(default=0, metadata=NONNEG)
     data: DataCfg = DataCfg()
     model: ModelCfg = ModelCfg()
     train: TrainCfg = TrainCfg()
@@ -259,9 +268,22 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Experimen
         if extra:
             raw = _deep_merge(_deep_merge(raw, extra), overrides or {})
     try:
-        return from_dict(ExperimentCfg, raw)
+        return with_seed(from_dict(ExperimentCfg, raw))
     except ConfigError as e:
         raise ConfigError(f"{e} (preset {path.name}{' with --set' if overrides else ''})") from None
+
+
+def with_seed(cfg: ExperimentCfg) -> ExperimentCfg:
+    """``cfg`` with its run seed written into ``train.seed`` and ``burn.seed`` (the defenses
+    read it in ``burn.defense_stage``). A section seed set apart from the run seed is refused:
+    one integer drives a run."""
+    if cfg.seed == 0:
+        return cfg
+    for name, section in (("train", cfg.train), ("burn", cfg.burn)):
+        if section.seed not in (0, cfg.seed):
+            raise ConfigError(f"{name}.seed={section.seed} differs from the run's seed {cfg.seed}: "
+                              "set the seed once, with --seed N")
+    return replace(cfg, train=replace(cfg.train, seed=cfg.seed), burn=replace(cfg.burn, seed=cfg.seed))
 
 
 def replace(cfg, **changes):

@@ -39,7 +39,13 @@ def make_defense(cfg: ExperimentCfg, name: str) -> Defense:
         raise ValueError(f"unknown defense {name!r}; choose one of {sorted(DEFENSES)}")
     if name == "burn":
         return DEFENSES["burn"](cfg=cfg.burn)
-    return from_dict(DEFENSES[name], cfg.defenses.get(name, {}), where=f"defenses.{name}")
+    settings = dict(cfg.defenses.get(name, {}))
+    if cfg.seed and settings.get("seed", 0) not in (0, cfg.seed):
+        raise ValueError(f"defenses.{name}.seed={settings['seed']} differs from the run's seed "
+                         f"{cfg.seed}: set the seed once, with --seed N")
+    if cfg.seed:
+        settings["seed"] = cfg.seed
+    return from_dict(DEFENSES[name], settings, where=f"defenses.{name}")
 
 
 def clean_subset(run: AttackRun, ratio: float = CLEAN_RATIO, seed: int = CLEAN_SEED) -> torch.Tensor:
@@ -56,7 +62,7 @@ def clean_subset(run: AttackRun, ratio: float = CLEAN_RATIO, seed: int = CLEAN_S
 
 def defender_data(run: AttackRun, defense: Defense) -> DefenderData:
     p = run.poisoned
-    idx = clean_subset(run) if defense.needs_clean_data else torch.zeros(0, dtype=torch.long)
+    idx = clean_subset(run, seed=run.cfg.seed) if defense.needs_clean_data else torch.zeros(0, dtype=torch.long)
     return DefenderData(
         train=p.as_dataset(), clean=p.as_dataset().subset(idx), clean_index=idx,
         flip=dataset_spec(run.cfg.data.dataset).flip,
@@ -65,7 +71,7 @@ def defender_data(run: AttackRun, defense: Defense) -> DefenderData:
 
 
 def defense_key(run: AttackRun, defense: Defense) -> str:
-    clean_key = config_hash("clean-subset", CLEAN_RATIO, CLEAN_SEED)
+    clean_key = config_hash("clean-subset", CLEAN_RATIO, run.cfg.seed)
     dkey = distances_key(run) if defense.needs_distances else ""
     return defense.stage_key(run.key, dkey, clean_key)
 
@@ -108,7 +114,7 @@ def _defend(run: AttackRun, defense: Defense, path) -> dict:
     if defense.needs_distances:
         record["deepfool"] = _distances_summary(run, data.distances)
     if defense.needs_clean_data:
-        record["clean_subset"] = {"ratio": CLEAN_RATIO, "seed": CLEAN_SEED,
+        record["clean_subset"] = {"ratio": CLEAN_RATIO, "seed": run.cfg.seed,
                                   "n": len(data.clean_index), "index": data.clean_index.tolist()}
     if defense.name != "burn":  # Burn's settings are the config's burn section
         record["defense_config"] = dataclasses.asdict(defense)

@@ -61,7 +61,8 @@ class AttackRun:
 
 def results_dir(cfg: ExperimentCfg, root: Path | None = None) -> Path:
     base = Path(root or RESULTS_ROOT) / cfg.preset / cfg.data.dataset / cfg.attack.name
-    return base / "variants" / cfg.variant if cfg.variant else base
+    base = base / "variants" / cfg.variant if cfg.variant else base
+    return base / "seeds" / str(cfg.seed) if cfg.seed else base
 
 
 class ResultsConflictError(RuntimeError):

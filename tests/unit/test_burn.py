@@ -1,3 +1,5 @@
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -129,3 +131,15 @@ def test_lambda_end_scales_the_divergence_weight():
     assert [schedule(BurnCfg(iterations=4), t)[0] for t in range(5)] == [0, 0.25, 0.5, 0.75, 1.0]
     assert [schedule(BurnCfg(iterations=4, lambda_end=0.5), t)[0] for t in range(5)] == \
         [0, 0.125, 0.25, 0.375, 0.5]
+
+
+def test_random_selection_ignores_the_ranking_and_is_seeded():
+    model, images, labels, _, mask, norms, adv = _setup()
+    cfg = BurnCfg(**{**CFG.__dict__, "selection": "random"})
+    _, rep = defend(model, images, labels, cfg, norms=norms, adv_labels=adv, poison_mask=mask)
+    _, rep2 = defend(model, images, labels, cfg, norms=norms, adv_labels=adv, poison_mask=mask)
+    # the ranked draw takes the 10 farthest (all poison); a uniform draw of 10 of 200 with
+    # 10% poison holds about one
+    assert rep.iterations[0].n_poison_set == 10 and rep.iterations[0].precision < 1.0
+    assert [asdict(i)["precision"] for i in rep.iterations] == \
+           [asdict(i)["precision"] for i in rep2.iterations]

@@ -59,3 +59,17 @@ def test_cli_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "CIFAR-10 not found" in err and str(tmp_path) in err
+
+
+def test_one_seed_drives_the_run_and_seed_zero_keeps_every_key():
+    from burn.defense_stage import make_defense
+    from burn.experiment import attack_key, results_dir
+
+    base, zero, one = load_preset("cpu"), load_preset("cpu", {"seed": 0}), load_preset("cpu", {"seed": 1})
+    assert attack_key(base, "C") == attack_key(zero, "C") != attack_key(one, "C")
+    assert results_dir(zero) == results_dir(base)
+    assert results_dir(one) == results_dir(base) / "seeds" / "1"
+    assert one.train.seed == one.burn.seed == 1 and base.train.seed == base.burn.seed == 0
+    assert make_defense(one, "sau").seed == 1 and make_defense(base, "sau") == make_defense(zero, "sau")
+    with pytest.raises(ConfigError, match="set the seed once"):
+        load_preset("cpu", {"seed": 1, "train": {"seed": 2}})

@@ -29,7 +29,7 @@ from ..train import run_epoch
 from .base import DefenderData, Defense
 
 DIVERGENCES = ("kl", "js", "l2")
-SELECTIONS = ("global", "suspect_class")
+SELECTIONS = ("global", "suspect_class", "random")
 
 
 def suspect_class(norms: Tensor, labels: Tensor) -> int:
@@ -176,6 +176,8 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
     labels, adv_labels, norms = labels.long(), adv_labels.long(), norms.float()
     bd = _normalize(norms)
     gen = torch.Generator().manual_seed(cfg.seed)
+    # the random control's own stream, so its fine-tuning order matches the ranked runs'
+    pick = torch.Generator().manual_seed(cfg.seed + 1) if cfg.selection == "random" else None
     before = evaluate(f0) if evaluate is not None else {}
     suspect = suspect_class(norms, labels) if cfg.selection == "suspect_class" else None
     # candidates for P_t: everything, or (opt-in) only the suspect class
@@ -196,8 +198,11 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
             pd = _normalize(prediction_divergence(logits0, predict_logits(ft, images), cfg.divergence))
             score = (1 - lam) * bd + lam * pd
             n_c = round(beta * n)
-        p_idx = _top(score.masked_fill(~eligible, float("-inf")), min(n_p, int(eligible.sum())),
-                     largest=True)
+        if pick is not None:
+            p_idx = torch.randperm(n, generator=pick)[:n_p]
+        else:
+            p_idx = _top(score.masked_fill(~eligible, float("-inf")), min(n_p, int(eligible.sum())),
+                         largest=True)
         c_idx = _top(score, n_c, largest=False) if n_c else p_idx.new_zeros(0)
         idx = torch.cat([p_idx, c_idx])
         y = torch.cat([adv_labels[p_idx], labels[c_idx]])
