@@ -72,6 +72,13 @@ def load_runs(preset: str, dataset: str, attacks, runtime: Runtime = Runtime()) 
     return runs
 
 
+def sample_generator(name: str, seed: int) -> torch.Generator:
+    """A generator of its own for the analysis sample ``name``. Seeding one with the bare
+    ``seed`` would replay the attack's draw (``randperm(N)`` under ``train.seed``), so a
+    sample of the training set would be exactly the poisoned samples."""
+    return torch.Generator().manual_seed(int(config_hash("sample", name, seed), 16) % 2**62)
+
+
 def _sample(mask: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded indices of up to ``n`` clean and ``n`` poisoned samples."""
     g = torch.Generator().manual_seed(seed)
@@ -140,8 +147,7 @@ def tail_under_clean_model(run: AttackRun, clean_run: AttackRun, *, fraction: fl
     p, target = run.poisoned, run.cfg.attack.target
     k = round(fraction * len(p))
     tail = torch.argsort(bd["norms"].float(), descending=True, stable=True)[:k].sort().values
-    g = torch.Generator().manual_seed(seed)
-    ref = torch.randperm(len(p), generator=g)[:n_reference].sort().values
+    ref = torch.randperm(len(p), generator=sample_generator("tail-reference", seed))[:n_reference].sort().values
     name = run.cfg.attack.name
     ct = subset_distances(clean_run, tail, name=f"tail_{name}")
     cr = subset_distances(clean_run, ref, name="reference")
@@ -202,7 +208,8 @@ def filtering(runs: dict[str, AttackRun], *, fractions=(0.005, 0.01, 0.05, 0.1),
               roc_points: int = 200, dist_samples: int = 5000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Fig. 5: how well the distance separates poisoned from clean training samples.
     Returns (summary: AUROC and top-fraction precision/recall; ROC points; a seeded sample of
-    per-sample distances for the distribution plot)."""
+    per-sample distances for the distribution plot: up to ``dist_samples`` of each group, drawn
+    apart from the attack's poison draw)."""
     summary, roc, dist = [], [], []
     for name, run in runs.items():
         bd = boundary_distances(run)
@@ -221,10 +228,11 @@ def filtering(runs: dict[str, AttackRun], *, fractions=(0.005, 0.01, 0.05, 0.1),
         summary.append(row)
         fpr, tpr = roc_curve(norms, mask, roc_points)
         roc.extend({"attack": name, "fpr": float(a), "tpr": float(b)} for a, b in zip(fpr, tpr))
-        g = torch.Generator().manual_seed(seed)
-        pick = torch.randperm(len(norms), generator=g)[:dist_samples]
-        dist.extend({"attack": name, "distance": float(norms[i]),
-                     "group": "poisoned" if mask[i] else "clean"} for i in pick.tolist())
+        g = sample_generator("fig5-distances", seed)
+        for group, pool in (("clean", (~mask).nonzero().squeeze(1)), ("poisoned", mask.nonzero().squeeze(1))):
+            pick = pool[torch.randperm(len(pool), generator=g)[:dist_samples]].sort().values
+            dist.extend({"attack": name, "index": i, "distance": float(norms[i]), "group": group}
+                        for i in pick.tolist())
     return pd.DataFrame(summary), pd.DataFrame(roc), pd.DataFrame(dist)
 
 

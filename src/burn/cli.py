@@ -204,8 +204,8 @@ def cmd_regime(args) -> int:
     label = next((d for d in df["data"].dropna()), dataset) if "data" in df else dataset
     save_figure(plotting.regime_figure(df, label), fig_root / preset / f"regime_{attack}",
                 config={"spec": str(args.spec)}, inputs=[csv])
-    cols = [c for c in ("regime", "status", "acc", "asr", "median_ratio", "auroc", "top05_precision",
-                        "top1_precision", "revert_share", "burn_acc", "burn_asr", "burn_sc_acc",
+    cols = [c for c in ("regime", "status", "train_acc_clean", "train_loss_clean", "acc", "asr",
+                        "median_ratio", "auroc", "top05_precision", "top1_precision", "revert_share", "burn_acc", "burn_asr", "burn_sc_acc",
                         "burn_sc_asr") if c in df]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {csv}")

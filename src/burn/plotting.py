@@ -5,6 +5,7 @@ from __future__ import annotations
 # No backend is forced: headless runs get Agg by matplotlib's own fallback, and notebooks keep
 # the inline backend, so every executed notebook shows its figures.
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -13,43 +14,43 @@ def set_style() -> None:
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
 
 
-def _bars(ax, df: pd.DataFrame, names: dict, title: str, ylabel: str) -> None:
-    """Grouped bars of the columns ``names`` (those present) per regime, each bar labelled with
-    its value (a zero is a result, so it must be readable), legend below the axes."""
-    long = df.melt(id_vars="regime", value_vars=[c for c in names if c in df],
-                   var_name="measure", value_name="value").dropna(subset=["value"])
-    long["measure"] = long["measure"].map(names)
-    sns.barplot(long, x="regime", y="value", hue="measure", ax=ax)
-    for container in ax.containers:
-        ax.bar_label(container, fmt="%.2f", fontsize=7, padding=1)
-    ax.set(ylim=(0, 1.1), ylabel=ylabel, xlabel="training regime", title=title)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+# the regime figure's panels: (title, [(column, label, marker)], x-axis limits)
+REGIME_PANELS = (
+    ("fit to its own training set", [("train_acc_clean", "clean samples: accuracy", "o"),
+                                     ("train_acc_poisoned", "poisoned samples: accuracy", "x")], (0, 1.05)),
+    ("training loss (cross-entropy)", [("train_loss_clean", "clean samples", "o"),
+                                       ("train_loss_poisoned", "poisoned samples", "x")], None),
+    ("attacked model", [("acc", "ACC", "o"), ("asr", "ASR", "x")], (0, 1.05)),
+    ("distance as a poison detector", [("auroc", "AUROC", "o"),
+                                       ("top05_precision", "precision of top 0.5% (P_0)", "x")], (0, 1.05)),
+    ("after Burn (paper's defaults)", [("burn_acc", "ACC", "o"), ("burn_asr", "ASR", "x")], (0, 1.05)),
+)
 
 
 def regime_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
-    """Regime study: the detector quality of the distance (AUROC, top-tail precision) beside
-    the attacked model's ACC/ASR and Burn's outcome, one group of bars per regime."""
+    """Regime study as a dot plot: one row per regime, one panel per question (how well the
+    model fits its training set, the attacked model, the distance as a detector, Burn's
+    outcome); a missing value is left out, never drawn as zero."""
     set_style()
-    done = df[df["status"] == "done"].copy()
-    n = max(len(done), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(max(11, 3.2 * n * 2), 5.2))
-    if done.empty:
-        for ax in axes:
-            ax.text(0.5, 0.5, "no regime has results yet", ha="center", va="center")
-            ax.set_axis_off()
-        return fig
-    _bars(axes[0], done, {"auroc": "AUROC (distance as detector)",
-                          "top05_precision": "precision of top 0.5% (Burn's selection)",
-                          "top1_precision": "precision of top 1%",
-                          "top05_suspect_class_precision": "precision of top 0.5%, suspect class only",
-                          "revert_share": "poisoned: adv. label = true label",
-                          "poisoned_beyond_clean_q995": "poisoned farther than 99.5% of clean"},
-          f"Does boundary distance find the poison? ({dataset})", "fraction")
-    _bars(axes[1], done, {"acc": "ACC attacked", "asr": "ASR attacked",
-                          "burn_acc": "ACC after Burn", "burn_asr": "ASR after Burn",
-                          "burn_sc_acc": "ACC after Burn (suspect class, opt-in)",
-                          "burn_sc_asr": "ASR after Burn (suspect class, opt-in)"},
-          "Attacked model and Burn's outcome", "fraction of test images")
+    rows = df[df["status"] != "not run"].reset_index(drop=True)
+    n = max(len(rows), 1)
+    fig, axes = plt.subplots(1, len(REGIME_PANELS), figsize=(3.1 * len(REGIME_PANELS), 1.2 + 0.42 * n),
+                             sharey=True, squeeze=False)
+    y = list(range(len(rows)))[::-1]
+    for ax, (title, series, xlim) in zip(axes[0], REGIME_PANELS):
+        for color, (col, label, marker) in zip(("tab:blue", "tab:red"), series):
+            if col not in rows:
+                continue
+            v = pd.to_numeric(rows[col], errors="coerce")
+            ok = v.notna().to_numpy()
+            ax.scatter(v[ok], [y[i] for i in range(len(rows)) if ok[i]], marker=marker, color=color,
+                       s=36, label=label, zorder=3)
+        ax.grid(axis="y", color="0.9", zorder=0)
+        ax.set(title=title, xlim=xlim)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.9 / n), frameon=False)
+    axes[0][0].set_yticks(y, [f"{r.regime} (w{r.width}, {r.epochs} ep)" for r in rows.itertuples()])
+    fig.suptitle(f"Training regimes of the BadNets model ({dataset}): does a better-fitting model "
+                 "make the distance find the poison?", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -175,6 +176,17 @@ def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figur
     return fig
 
 
+def log_bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """``bins + 1`` log-spaced edges over the positive ``values``, rounded to 6 significant
+    digits: the last bits of a logarithm differ between CPUs (numpy's SIMD paths), and
+    rounded edges make the same figure, byte for byte, on every machine."""
+    v = values[values > 0]
+    lo, hi = np.floor(np.log10(v.min()) * 20) / 20, np.ceil(np.log10(v.max()) * 20) / 20
+    hi = max(hi, lo + 0.05)
+    edges = np.power(10.0, lo + (hi - lo) * np.arange(bins + 1) / bins)
+    return np.array([float(f"{e:.6g}") for e in edges])
+
+
 def fig5_figure(dist: pd.DataFrame, roc: pd.DataFrame, summary: pd.DataFrame, dataset: str) -> plt.Figure:
     """Fig. 5: distance distributions of clean vs poisoned samples and the ROC of the distance
     as a poison detector, per attack."""
@@ -183,9 +195,15 @@ def fig5_figure(dist: pd.DataFrame, roc: pd.DataFrame, summary: pd.DataFrame, da
     fig, axes = plt.subplots(1, len(attacks) + 1, figsize=(4.2 * (len(attacks) + 1), 3.5), squeeze=False)
     for ax, a in zip(axes[0], attacks):
         d = dist[dist["attack"] == a]
-        sns.histplot(d, x="distance", hue="group", stat="density", common_norm=False, bins=60,
-                     element="step", ax=ax, log_scale=(True, False))
-        ax.set(title=f"{_attack_label(a)} ({dataset})", xlabel="DeepFool L2 distance (log scale)")
+        edges = log_bin_edges(d["distance"].to_numpy(), 60)
+        for color, (group, g) in zip(("tab:blue", "tab:orange"), d.groupby("group", sort=True)):
+            counts, _ = np.histogram(g["distance"].to_numpy(), bins=edges)
+            density = np.round(counts / (counts.sum() * np.diff(edges)), 6)
+            ax.stairs(density, edges, label=f"{group} ({len(g):,})", color=color, lw=1.2)
+        ax.set_xscale("log")
+        ax.legend(fontsize=8, title="sample")
+        ax.set(title=f"{_attack_label(a)} ({dataset})", xlabel="DeepFool L2 distance (log scale)",
+               ylabel="density")
     ax = axes[0][-1]
     for a in attacks:
         r = roc[roc["attack"] == a]

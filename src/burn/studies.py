@@ -73,6 +73,34 @@ def regime_row(cfg, regime: Regime, results_root=None) -> dict:
     return row
 
 
+def training_fit(run) -> dict:
+    """How well the attacked model fits its own training set: accuracy and cross-entropy on
+    its clean training samples (true labels) and on its poisoned ones (the labels it was
+    given), without augmentation. Stored beside the model as ``train_fit.json`` under the
+    model's key, so it is measured once per committed model."""
+    import torch.nn.functional as F
+
+    from .cache import config_hash
+    from .metrics import predict_logits
+    from .stages import JsonStore, cached
+
+    def compute() -> dict:
+        p = run.poisoned
+        logits = predict_logits(run.model, p.images)
+        loss = F.cross_entropy(logits, p.labels, reduction="none").double()
+        hit = (logits.argmax(1) == p.labels).double()
+        out = {"n": len(p), "n_poisoned": int(p.poison_mask.sum())}
+        for group, m in (("clean", ~p.poison_mask), ("poisoned", p.poison_mask), ("all", None)):
+            h, l = (hit, loss) if m is None else (hit[m], loss[m])
+            out[f"train_acc_{group}"] = round(float(h.mean()), 6) if len(h) else None
+            out[f"train_loss_{group}"] = round(float(l.mean()), 6) if len(l) else None
+        return {**out, "attack_config_hash": run.key}
+
+    path = run.results_dir / "train_fit.json"
+    return cached(JsonStore(path, redo="delete it to measure it again"),
+                  config_hash("train-fit", run.key), compute)
+
+
 def tail_overlap_row(cfg, runtime) -> dict:
     """The regime's ``analysis.tail_overlap`` (does the poison reach the clean samples' far
     tail, where Burn selects?) from its committed model and distances; {} while its DeepFool
@@ -95,6 +123,18 @@ def tail_overlap_row(cfg, runtime) -> dict:
             "precision_beyond_clean_q995": t["precision_beyond_clean_q"]}
 
 
+def fit_row(cfg, runtime) -> dict:
+    """The regime's fit to its own training set (``training_fit``); {} while its model is not
+    trained (this never trains)."""
+    from .experiment import attacked_model, results_dir
+
+    if not (results_dir(cfg, runtime.results_root) / "model.pt").is_file():
+        return {}
+    fit = training_fit(attacked_model(cfg, replace(runtime, progress=False)))
+    return {k: fit[k] for k in ("train_acc_clean", "train_loss_clean", "train_acc_poisoned",
+                                "train_loss_poisoned")}
+
+
 def regime_study(path, runtime, *, run: bool = False, include_gpu: bool = False,
                  only: list[str] | None = None) -> pd.DataFrame:
     """With ``run``, train / DeepFool / Burn each selected regime that lacks results (each
@@ -111,7 +151,8 @@ def regime_study(path, runtime, *, run: bool = False, include_gpu: bool = False,
             r = attacked_model(cfg, runtime)
             attack_by_class(r)  # asr_by_class.csv beside none.json: where the trigger loses
             burn_run(r)
-        rows.append(regime_row(cfg, regime, runtime.results_root) | tail_overlap_row(cfg, runtime))
+        rows.append(regime_row(cfg, regime, runtime.results_root) | fit_row(cfg, runtime)
+                    | tail_overlap_row(cfg, runtime))
     return pd.DataFrame(rows)
 
 

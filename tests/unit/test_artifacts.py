@@ -129,3 +129,63 @@ def test_unlearning_budget_keeps_each_measured_budget(tmp_path):
     run.model = None  # any fine-tuning now would fail
     again = unlearning_budget(run, budgets=(0, 5), n_clean=20)
     assert again.equals(df)
+
+
+def _attack_drawn_run(tmp_path):
+    """A tiny run whose poison is drawn as the attacks draw it: ``randperm(N)`` under the
+    training seed, the seed every analysis sample also defaults to."""
+    import torch
+
+    torch.manual_seed(0)
+    run = _tiny_run(tmp_path, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)), "badnets")
+    mask = torch.zeros(200, dtype=torch.bool)
+    mask[torch.randperm(200, generator=torch.Generator().manual_seed(run.cfg.train.seed))[:20]] = True
+    run.poisoned.poison_mask[:] = mask
+    return run, mask
+
+
+def test_fig5_distance_sample_holds_both_groups_apart_from_the_poison_draw(tmp_path):
+    from burn.artifacts import filtering
+
+    run, mask = _attack_drawn_run(tmp_path)
+    _, _, dist = filtering({"badnets": run}, dist_samples=20)
+    counts = dist.groupby("group").size().to_dict()
+    assert counts == {"clean": 20, "poisoned": 20}, counts  # one seeded draw of 20 was all poison
+    assert (mask[dist["index"].to_numpy()].numpy() == (dist["group"] == "poisoned").to_numpy()).all()
+
+
+def test_no_analysis_sample_replays_the_attacks_draw(tmp_path):
+    """Every seeded sample of the training set (Table 1, Fig. 2, Fig. 5's tail reference) holds
+    clean samples, not just the poison the attack drew with the same seed."""
+    from burn.artifacts import _sample, tail_under_clean_model
+
+    run, mask = _attack_drawn_run(tmp_path)
+    ci, pi = _sample(mask, 20, 0)
+    assert not mask[ci].any() and mask[pi].all() and len(ci) == len(pi) == 20
+    rows, _ = tail_under_clean_model(run, run, fraction=0.05, n_reference=20)
+    ref = rows[rows.group == "reference"]
+    assert 0 < ref["poisoned"].sum() < 20  # about 10% of a uniform draw; 20 of 20 replays the draw
+
+
+def test_fig5_figure_is_the_same_file_when_values_move_in_their_last_bits():
+    """Recomputed on another CPU the distances differ in their last bits; the figure must not."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from burn.plotting import fig5_figure
+
+    rng = np.random.default_rng(0)
+    d = np.concatenate([rng.lognormal(0.3, 0.5, 300), rng.lognormal(0.8, 0.3, 100)])
+    dist = pd.DataFrame({"attack": "badnets", "distance": d, "group": ["clean"] * 300 + ["poisoned"] * 100})
+    roc = pd.DataFrame({"attack": "badnets", "fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 0.8, 1.0]})
+    summary = pd.DataFrame({"attack": ["badnets"], "auroc": [0.8]})
+
+    def pdf(df):
+        buf = io.BytesIO()
+        fig5_figure(df, roc, summary, "tiny").savefig(buf, format="pdf", metadata={"CreationDate": None})
+        return buf.getvalue()
+
+    moved = dist.assign(distance=np.nextafter(d, np.inf))
+    assert pdf(dist) == pdf(moved)
