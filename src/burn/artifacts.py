@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import published
 from .analysis import auroc, roc_curve, top_fraction_stats
 from .cache import config_hash, load_npz, read_json, save_npz
 from .config import PROJECT_ROOT, load_preset
@@ -40,28 +41,10 @@ def attack_label(name: str) -> str:
     return ATTACKS[name].label if name in ATTACKS else PAPER_ATTACK_LABELS.get(name, name)
 
 
-# BackdoorBench's leaderboard, CIFAR-10, PreAct-ResNet-18 width 64, 10% poison: (ACC, ASR) in %
-BACKDOORBENCH_DEFENSES = {
-    "badnets": {"none": (91.32, 95.03), "fp": (91.31, 57.13), "nad": (89.87, 2.14),
-                "anp": (84.17, 0.73), "ibau": (89.16, 1.29)},
-    "blended": {"none": (93.47, 99.92), "fp": (93.17, 99.26), "nad": (92.17, 97.69),
-                "anp": (86.58, 2.19), "ibau": (87.00, 50.53)},
-}
 PAPER_ATTACKS = ("badnets", "blended", "inputaware", "lc", "lf", "ssba", "trojannn")
 PAPER_DEFENSES = ("burn", "fp", "nad", "anp", "ibau", "ftsam", "sau")
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny": "Tiny-ImageNet-200",
                   "synthetic": "synthetic"}
-
-# The paper's Table 1: mean DeepFool L2 distance of clean and poisoned training samples.
-PAPER_TABLE1 = {
-    "cifar10": {"clean": 0.571, "badnets": 1.116, "blended": 1.227, "inputaware": 1.047, "lc": 2.151,
-                "lf": 1.312, "ssba": 0.858, "trojannn": 2.812},
-    "cifar100": {"clean": 0.261, "badnets": 0.795, "blended": 0.913, "inputaware": 0.877, "lc": 3.693,
-                 "lf": 0.690, "ssba": 0.631, "trojannn": 2.650},
-    "tiny": {"clean": 0.472, "badnets": 2.417, "blended": 3.391, "inputaware": 1.907, "lc": 4.809,
-             "lf": 3.131, "ssba": 3.922, "trojannn": 4.588},
-}
-
 
 def load_runs(preset: str, dataset: str, attacks, runtime: Runtime = Runtime()) -> dict[str, AttackRun]:
     """Attacked models of ``attacks`` (trained, or loaded from the committed results)."""
@@ -99,7 +82,7 @@ def table1_boundary_distance(runs: dict[str, AttackRun], *, n: int = 1000, seed:
     paper's single "Clean" column per dataset may be that model rather than the clean samples
     of each attacked model, so both readings are given."""
     rows = []
-    paper = PAPER_TABLE1.get(next(iter(runs.values())).cfg.data.dataset, {}) if runs else {}
+    paper = published.values("paper_table1").get(next(iter(runs.values())).cfg.data.dataset, {}) if runs else {}
     clean_model_mean = float("nan")
     if clean_run is not None:
         ci, _ = _sample(clean_run.poisoned.poison_mask, n, seed)
@@ -329,7 +312,7 @@ def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200
 
     rows = []
     for n in budgets:
-        key = config_hash("unlearning-budget", run.key, bd["key"], cfg, n, n_clean, labels, seed)
+        key = keys.unlearning_budget_key(run.key, bd["key"], cfg, n, n_clean, labels, seed)
         rows.append(cached(EntryStore(store, key), key, lambda n=n: measure(n)))
     return pd.DataFrame(rows).astype({"label_is_true": float})
 
@@ -371,7 +354,7 @@ def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 
     for varied, a, b in grid:
         burn_cfg = replace(run.cfg.burn, alpha_start=a / 2, alpha_end=a, beta_start=b / 2, beta_end=b)
         cfg = replace(run.cfg, burn=burn_cfg)
-        out = run.results_dir / "ablation" / config_hash(run.key, burn_cfg)
+        out = run.results_dir / "ablation" / keys.ablation_key(run.key, burn_cfg)
         rec = matching_record([out / "burn.json", run.results_dir / "burn.json"], run.key,
                               Burn(cfg=burn_cfg), run)
         if rec is None:
@@ -380,125 +363,3 @@ def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 
                      "acc": rec["acc"], "asr": rec["asr"], "ra": rec["ra"],
                      "precision_final": rec["report"]["iterations"][-1].get("precision")})
     return pd.DataFrame(rows)
-
-
-def _fmt(v, spec: str = ".3f") -> str:
-    return "-" if v is None or v != v else format(v, spec)
-
-
-def _table1_row(r: dict, label) -> list[str]:
-    """One row of the Table 1 section of ``paper_vs_ours``; the clean model's row has no
-    poisoned samples and is compared with the paper's "Clean" value alone."""
-    def f(v, spec):
-        return "-" if v is None or v != v else format(v, spec)
-    if r.get("model") == "clean model":
-        return ["Clean model (no poison)", f(r["paper_clean"], ".3f"), "-", "-", f(r["mean_clean"], ".3f"),
-                "-", "-", "-", "-", "-"]
-    return [label(r["attack"]), f(r["paper_clean"], ".3f"), f(r["paper_poisoned"], ".3f"), f(r["paper_ratio"], ".2f"),
-            f(r["mean_clean"], ".3f"), f(r["mean_poisoned"], ".3f"), f(r["ratio_mean"], ".2f"),
-            f(r["ratio_median"], ".2f"), f(r.get("ratio_mean_vs_clean_model"), ".2f"),
-            f"{'yes' if r['ratio_mean'] > 1 else 'no'} (ratio > 1)"]
-
-
-def _backdoorbench_rows(df: pd.DataFrame, label):
-    """Rows (attack, defense, BackdoorBench ACC/ASR, ours) of every attack BackdoorBench lists."""
-    ours = {(r.attack, r.defense): r for r in df.itertuples()}
-    for attack, rows in BACKDOORBENCH_DEFENSES.items():
-        for defense, (acc, asr) in rows.items():
-            r = ours.get((attack, defense))
-            yield [label(attack), defense, f"{acc / 100:.3f}", f"{asr / 100:.3f}",
-                   f"{r.acc:.3f}" if r else "not run", f"{r.asr:.3f}" if r else "not run"]
-
-
-def paper_vs_ours(preset: str, dataset: str = "cifar10", *, results_root=None) -> str:
-    """``results/<preset>/paper_vs_ours.md``: each claim of the paper beside our measured
-    number, from the tables the notebooks saved (missing ones are said to be missing)."""
-    res = Path(results_root or PROJECT_ROOT / "results") / preset / dataset
-    lines = [f"# The paper's claims beside ours ({preset} preset, {DATASET_LABELS.get(dataset, dataset)})", "",
-             "Generated by `burn report` from the tables in this folder; every number of ours is "
-             "measured by the notebook named beside it. Where the data is the JPEG copy of "
-             "CIFAR-10, our numbers are not the paper's CIFAR-10 numbers.", ""]
-
-    def table(name):
-        p = res / name
-        return pd.read_csv(p) if p.is_file() else None
-
-    def section(title, csv, intro, header, rows):
-        """A markdown section: the title, then the table of ``rows(df)`` or "Not run yet."."""
-        df = table(csv)
-        lines.extend([title, ""])
-        if df is None or df.empty:
-            lines.extend(["Not run yet.", ""])
-            return
-        lines.extend([*intro(df), "| " + " | ".join(header) + " |", "|" + "---|" * len(header)])
-        lines.extend("| " + " | ".join(str(c) for c in row) + " |" for row in rows(df))
-        lines.append("")
-
-    def label(a):
-        return attack_label(a)
-
-    section("## Table 1: poisoned samples lie farther from the boundary (`table1_boundary_distance`)",
-            "table1_boundary_distance.csv",
-            lambda df: [f"Data: {df['dataset'].iloc[0]}. Mean DeepFool L2 distance in pixel space; the ratio "
-                        "poisoned/clean is the comparable number (absolute values depend on the model and input scaling).", ""],
-            ["attack", "paper clean", "paper poisoned", "paper ratio", "ours clean", "ours poisoned",
-             "ours ratio (means)", "ours ratio (medians)", "ours ratio vs clean model (means)", "holds?"],
-            lambda df: (_table1_row(r, label) for r in df.to_dict("records")))
-    section("## Fig. 1: the DeepFool perturbation restores clean features (`fig1_feature_similarity`)",
-            "fig1_feature_similarity.csv",
-            lambda df: ["Paper: cosine similarity to the clean image's features 0.52 (poisoned) -> 0.88 (poisoned + "
-                        "perturbation), for one example.", ""],
-            ["attack", "ours: mean cos(x, T(x))", "ours: mean cos(x, T(x)+DeepFool)", "n"],
-            lambda df: ([label(a), f"{g.cos_clean_poisoned.mean():.3f}", f"{g.cos_clean_perturbed.mean():.3f}", len(g)]
-                        for a, g in df.groupby("attack", sort=False)))
-    section("## Fig. 2: adversarial labels of poisoned samples fall back to their true class (`fig2_adversarial_labels`)",
-            "fig2_adversarial_labels.csv", lambda df: [],
-            ["attack", "group", "adv. label = true label", "adv. label = target"],
-            lambda df: ([label(a), grp, f"{g.share_true_label.iloc[0]:.3f}", f"{g.share_target.iloc[0]:.3f}"]
-                        for (a, grp), g in df.groupby(["attack", "group"], sort=False)))
-    section("## Fig. 5: boundary distance separates poisoned from clean samples (`fig5_filtering`)",
-            "fig5_filtering.csv",
-            lambda df: ["Burn relabels the top 0.5%-1% by distance: that selection must be mostly poison. "
-                        "Precision counts every sample with the trigger; the mislabeled precision only "
-                        "those whose given label is wrong, which relabeling can repair (with BackdoorBench's "
-                        "pool, target-class images carry the trigger under their own label).", ""],
-            ["attack", "AUROC", "precision top 0.5%", "precision top 1%", "recall top 1%",
-             "mislabeled precision top 0.5%", "mislabeled precision top 1%"],
-            lambda df: ([label(r["attack"]), f"{r['auroc']:.3f}", f"{r['top0.5pct_precision']:.3f}",
-                         f"{r['top1pct_precision']:.3f}", f"{r['top1pct_recall']:.3f}",
-                         _fmt(r.get("top0.5pct_mislabeled_precision")), _fmt(r.get("top1pct_mislabeled_precision"))]
-                        for r in df.to_dict("records")))
-    section("### Fig. 5, mechanism: the far tail under the clean model (`fig5_filtering`)",
-            "fig5_tail_clean_model_summary.csv",
-            lambda df: [f"The clean samples among the attacked model's top {df['fraction'].iloc[0]:.1%} by distance (Burn's P_0), measured again "
-                        "under the model trained without poison. A high clean-model percentile means the tail is far from "
-                        "the boundary without any backdoor.", ""],
-            ["attack", "clean samples in the tail", "adv. label = target, attacked model",
-             "adv. label = target, clean model", "same, random samples, clean model",
-             "median clean-model percentile", "share above the clean model's 90th percentile", "classes"],
-            lambda df: ([label(r["attack"]), f"{r['n_tail_clean']} of {r['n_tail']}",
-                         f"{r['tail_clean_adv_is_target_attacked']:.3f}", f"{r['tail_clean_adv_is_target_clean_model']:.3f}",
-                         f"{r['reference_adv_is_target_clean_model']:.3f}",
-                         f"{r['tail_clean_median_percentile_clean_model']:.2f}",
-                         f"{r['tail_clean_share_above_clean_model_p90']:.2f}", r["tail_clean_classes"]]
-                        for r in df.to_dict("records")))
-    section("## Fig. 4: Burn removes the backdoor and keeps accuracy (`fig4_defense_tradeoff`)",
-            "fig4_defense_tradeoff.csv", lambda df: [], ["attack", "defense", "ACC", "ASR", "RA"],
-            lambda df: ([label(r.attack), r.defense, f"{r.acc:.3f}", f"{r.asr:.3f}", f"{r.ra:.3f}"]
-                        for r in df.itertuples()))
-    section("### Fig. 4 beside BackdoorBench's leaderboard (`fig4_defense_tradeoff`)",
-            "fig4_defense_tradeoff.csv",
-            lambda df: ["BackdoorBench: CIFAR-10, PreAct-ResNet-18 width 64, 100 epochs, 10% poison (its "
-                        "leaderboard; FT-SAM and SAU have no published numbers there). Absolute values "
-                        "differ (model size, data copy); the comparison is which defense removes which "
-                        "backdoor.", ""],
-            ["attack", "defense", "BackdoorBench ACC", "BackdoorBench ASR", "ours ACC", "ours ASR"],
-            lambda df: _backdoorbench_rows(df, label))
-    section("## Fig. 6: a few relabeled poisoned samples suffice (`fig6_unlearning_budget`)",
-            "fig6_unlearning_budget.csv", lambda df: [], ["attack", "N relabeled poisoned", "ACC", "ASR"],
-            lambda df: ([label(r.attack), r.n_poisoned, f"{r.acc:.3f}", f"{r.asr:.3f}"] for r in df.itertuples()))
-    section("## Table 2: ablation of alpha and beta (`table2_ablation`)",
-            "table2_ablation.csv", lambda df: [], ["varied", "alpha", "beta", "ACC", "ASR"],
-            lambda df: ([r.varied, f"{r.alpha:g}", f"{r.beta:g}", f"{r.acc:.3f}", f"{r.asr:.3f}"]
-                        for r in df.itertuples()))
-    return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from .atomic import write_if_changed
 from .config import PROJECT_ROOT
@@ -71,3 +72,33 @@ def reproduce(preset: str, names=NOTEBOOKS, *, progress: bool = True) -> list[di
         rows.append({"notebook": name, "seconds": round(time.perf_counter() - t0, 1), "changed": changed})
         print(f"   {name}: {rows[-1]['seconds']:.0f} s, {'changed' if changed else 'unchanged'}", flush=True)
     return rows
+
+
+class Setup(NamedTuple):
+    """What every notebook starts from: its output folders, the runtime, the attacked models,
+    the data's name and the metadata written beside each table and figure."""
+
+    res: Path
+    figs: Path
+    runtime: object
+    runs: dict
+    data_name: str
+    meta: dict
+
+
+def setup(preset: str, dataset: str, attacks, *, results_root=None, figures_root=None,
+          progress: bool = True) -> Setup:
+    """The first cell of every notebook: load (or train) the attacked models of ``attacks``
+    and print their ACC / ASR."""
+    from .artifacts import load_runs
+    from .runtime import Runtime
+
+    res = Path(results_root or PROJECT_ROOT / "results") / preset / dataset
+    figs = Path(figures_root or PROJECT_ROOT / "figures") / preset
+    runtime = Runtime(results_root=results_root, progress=progress)
+    runs = load_runs(preset, dataset, attacks, runtime)
+    data_name = next(iter(runs.values())).poisoned.name.split(",")[0]
+    meta = {"preset": preset, "dataset": data_name, "attacks": list(attacks),
+            "attack_config_hashes": {a: r.key for a, r in runs.items()}}
+    print(data_name, "|", {a: f"ACC {r.record['acc']:.3f} ASR {r.record['asr']:.3f}" for a, r in runs.items()})
+    return Setup(res, figs, runtime, runs, data_name, meta)
