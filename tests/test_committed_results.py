@@ -1,17 +1,18 @@
 """The committed results are what their configs say, in the spirit of RobustBench's
 ``tests/test_clean_acc.py``: every record's checksum holds and its config hashes to its key
 (fast), each preset names the models committed for it, and every committed ``model.pt``
-reproduces the ACC / ASR / RA of its ``none.json`` (slow; where CIFAR-10 is present)."""
+reproduces the ACC / ASR / RA of its ``none.json`` (slow; where CIFAR-10 is present). Every key
+is recomputed with the stages' own formulas (``burn.keys``)."""
 
 from pathlib import Path
 
 import pytest
 
+from burn import keys
 from burn.attacks import ATTACKS
-from burn.cache import config_hash, load_npz, load_torch, read_json
+from burn.cache import load_npz, load_torch, read_json
 from burn.config import PROJECT_ROOT, BurnCfg, ExperimentCfg, from_dict, load_preset
-from burn.deepfool import DEEPFOOL_VERSION
-from burn.experiment import attack_key, results_dir
+from burn.experiment import results_dir
 
 RESULTS = PROJECT_ROOT / "results"
 MODELS = sorted(p.parent for p in RESULTS.glob("*/*/**/none.json"))
@@ -38,13 +39,22 @@ def test_there_are_committed_results():
 def test_model_record_hashes_to_its_key(folder):
     rec = read_json(folder / "none.json")  # verifies the checksum
     cfg = from_dict(ExperimentCfg, rec["config"])
-    assert attack_key(cfg, rec["dataset"], tuple(rec.get("key_parts", ()))) == rec["config_hash"]
+    key = rec["config_hash"]
+    assert keys.attack_key(cfg, rec["dataset"], tuple(rec.get("key_parts", ()))) == key
     saved = load_torch(folder / "model.pt")  # verifies the weights' checksum
-    assert saved["config_hash"] == rec["config_hash"] and "sha256" in saved
+    assert saved["config_hash"] == key and "sha256" in saved
     if (folder / "deepfool.npz").is_file():
         z = load_npz(folder / "deepfool.npz")
-        assert str(z["key"]) == config_hash("deepfool", DEEPFOOL_VERSION, rec["config_hash"], cfg.deepfool)
+        assert str(z["key"]) == keys.distances_key(key, cfg.deepfool)
         assert len(z["norms"]) == rec["num_train"]
+    for path in folder.glob("deepfool_*.npz"):
+        z = load_npz(path)
+        assert str(z["key"]) == keys.subset_distances_key(key, cfg.deepfool, z["index"].tolist()), path
+    if (folder / "unlearning_budget.json").is_file():  # Fig. 6's sweep, seed 0
+        dkey = keys.distances_key(key, cfg.deepfool)
+        for k, row in read_json(folder / "unlearning_budget.json").items():
+            assert k == keys.unlearning_budget_key(key, dkey, cfg.burn, row["n_poisoned"],
+                                                   row["n_clean"], row["labels"], 0)
 
 
 @pytest.mark.parametrize("path", BURNS, ids=_id)
@@ -53,25 +63,29 @@ def test_burn_record_hashes_to_its_key(path):
     model = read_json(_model_folder(path) / "none.json")
     cfg = from_dict(ExperimentCfg, rec["config"])
     assert rec["attack_config_hash"] == model["config_hash"]
-    dkey = config_hash("deepfool", DEEPFOOL_VERSION, model["config_hash"], cfg.deepfool)
+    dkey = keys.distances_key(model["config_hash"], cfg.deepfool)
     assert rec["deepfool"]["key"] == dkey
-    assert config_hash("burn", model["config_hash"], dkey, from_dict(BurnCfg, rec["config"]["burn"])) \
-        == rec["config_hash"]
+    burn_cfg = from_dict(BurnCfg, rec["config"]["burn"])
+    assert keys.burn_key(burn_cfg, model["config_hash"], dkey) == rec["config_hash"]
+    if path.parent.parent.name == "ablation":  # Table 2's grid point: its folder is its key
+        assert path.parent.name == keys.ablation_key(model["config_hash"], burn_cfg)
 
 
 @pytest.mark.parametrize("path", BASELINES, ids=_id)
 def test_baseline_record_hashes_to_its_key(path):
     """A baseline's record names its attacked model, its settings and the defender's clean
-    subset (5% of the training set, by index)."""
-    from burn.defense_stage import CLEAN_RATIO, CLEAN_SEED
+    subset (5% of the training set, by index; drawn with the run's seed)."""
+    from burn.defense_stage import CLEAN_RATIO
     from burn.defenses import DEFENSES
 
     rec = read_json(path)
     model = read_json(path.parent / "none.json")
     defense = from_dict(DEFENSES[rec["defense"]], rec["defense_config"])
+    seed = from_dict(ExperimentCfg, rec["config"]).seed
     assert rec["attack_config_hash"] == model["config_hash"]
-    assert rec["config_hash"] == defense.stage_key(model["config_hash"], "",
-                                                   config_hash("clean-subset", CLEAN_RATIO, CLEAN_SEED))
+    assert rec["clean_subset"]["seed"] == seed
+    assert rec["config_hash"] == keys.defense_key(defense, model["config_hash"], "",
+                                                  keys.clean_subset_key(CLEAN_RATIO, seed))
     sub = rec["clean_subset"]
     assert sub["n"] == len(sub["index"]) == round(CLEAN_RATIO * model["num_train"])
 
@@ -97,7 +111,7 @@ def _preset_configs():
 def test_each_preset_names_its_committed_model(cfg):
     """A preset (or a regime) loads its committed model instead of training a new one."""
     rec = read_json(results_dir(cfg) / "none.json")
-    assert attack_key(cfg, rec["dataset"], tuple(rec.get("key_parts", ()))) == rec["config_hash"]
+    assert keys.attack_key(cfg, rec["dataset"], tuple(rec.get("key_parts", ()))) == rec["config_hash"]
 
 
 @pytest.mark.slow

@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from burn import keys
 from burn.atomic import atomic_path, write_text
-from burn.cache import config_hash, load_torch, save_torch
+from burn.cache import load_torch, save_torch
 from burn.config import PROJECT_ROOT, BurnCfg, ExperimentCfg, from_dict
-from burn.deepfool import DEEPFOOL_VERSION
-from burn.experiment import ATTACK_STAGE_VERSION, attack_key
 
 RESULTS = PROJECT_ROOT / "results"
 
@@ -47,8 +46,8 @@ def new_cfg(old: dict) -> ExperimentCfg:
 
 
 def old_attack_key(old: dict, data_name: str) -> str:
-    return config_hash("attack", ATTACK_STAGE_VERSION, data_name, old["data"], old["model"],
-                       old["train"], old["attack"])
+    """The key of a config stored in the old schema (its sections as the dicts stored)."""
+    return keys.attack_key_of(data_name, old["data"], old["model"], old["train"], old["attack"])
 
 
 def folder_keys(folder: Path, mapping: dict) -> None:
@@ -58,35 +57,35 @@ def folder_keys(folder: Path, mapping: dict) -> None:
     ok = old_attack_key(old, data_name)
     assert ok == rec["config_hash"], (folder, ok, rec["config_hash"])
     cfg = new_cfg(old)
-    nk = attack_key(cfg, data_name)
+    nk = keys.attack_key(cfg, data_name)
     mapping[ok] = nk
     old_df = old["deepfool"]
-    odk = config_hash("deepfool", DEEPFOOL_VERSION, ok, old_df)
-    ndk = config_hash("deepfool", DEEPFOOL_VERSION, nk, cfg.deepfool)
+    odk = keys.distances_key(ok, old_df)
+    ndk = keys.distances_key(nk, cfg.deepfool)
     mapping[odk] = ndk
     for npz in folder.glob("deepfool_*.npz"):
         with np.load(npz) as z:
             index = z["index"].tolist()
             stored = str(z["key"])
-        o = config_hash("deepfool-subset", DEEPFOOL_VERSION, ok, old_df, index)
+        o = keys.subset_distances_key(ok, old_df, index)
         assert o == stored, (npz, o, stored)
-        mapping[o] = config_hash("deepfool-subset", DEEPFOOL_VERSION, nk, cfg.deepfool, index)
+        mapping[o] = keys.subset_distances_key(nk, cfg.deepfool, index)
     for f in [*folder.glob("burn*.json"), *folder.glob("ablation/*/burn.json")]:
         b = json.loads(f.read_text())
         bc = from_dict(BurnCfg, b["config"]["burn"])
-        o = config_hash("burn", ok, b["deepfool"]["key"], bc)
+        o = keys.burn_key(bc, ok, b["deepfool"]["key"])
         assert o == b["config_hash"] and b["deepfool"]["key"] == odk, f
-        mapping[o] = config_hash("burn", nk, ndk, bc)
+        mapping[o] = keys.burn_key(bc, nk, ndk)
         if f.parent.parent.name == "ablation":
-            mapping[config_hash(ok, bc)] = config_hash(nk, bc)
+            mapping[keys.ablation_key(ok, bc)] = keys.ablation_key(nk, bc)
     budget = folder / "unlearning_budget.json"
     if budget.is_file():
         for k, row in json.loads(budget.read_text()).items():
             bc = from_dict(BurnCfg, old["burn"])
             parts = (row["n_poisoned"], row["n_clean"], row["labels"], 0)
-            o = config_hash("unlearning-budget", ok, odk, bc, *parts)
+            o = keys.unlearning_budget_key(ok, odk, bc, *parts)
             assert o == k, (budget, k)
-            mapping[o] = config_hash("unlearning-budget", nk, ndk, bc, *parts)
+            mapping[o] = keys.unlearning_budget_key(nk, ndk, bc, *parts)
 
 
 def rewrite(folder_root: Path, mapping: dict) -> int:
@@ -142,7 +141,7 @@ def update_configs(root: Path) -> int:
                 continue
             new = new_cfg(cfg)
             if f.name == "none.json":
-                assert attack_key(new, data["dataset"]) == data["config_hash"], f
+                assert keys.attack_key(new, data["dataset"]) == data["config_hash"], f
             write_json(f, {**data, "config": to_dict(new)})
             n += 1
         elif f.name == "model.pt":

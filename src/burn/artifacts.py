@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import keys
 from . import published
 from .analysis import auroc, roc_curve, top_fraction_stats
 from .cache import config_hash, load_npz, read_json, save_npz
@@ -241,7 +242,7 @@ def feature_similarity(run: AttackRun, *, n: int = 500, seed: int = 0) -> tuple[
     x = p.images[idx].float() / 255
     xt = run.attack.triggered(p.images[idx]).float() / 255
     path = run.results_dir / "fig1_similarity.npz"
-    key = config_hash("fig1-similarity", run.key, run.cfg.deepfool, idx.tolist())
+    key = keys.similarity_key(run.key, run.cfg.deepfool, idx.tolist())
     true = p.original_labels[idx].numpy()
     cols = _similarity_columns(run, x, xt, true, path, key)
     df = pd.DataFrame({"attack": run.cfg.attack.name, "index": idx.numpy(), "true_label": true,

@@ -6,26 +6,23 @@ towards the closest linearized boundary, with ``step_eps`` added to the step's d
 total perturbation is scaled by ``1 + overshoot`` and the image clipped. Samples leave the batch
 as soon as their label flips, so only the samples still running are forwarded.
 
-``deepfool_dataset`` runs it over a whole training set in batches; ``cached_deepfool`` does the
-same with a resumable cache (the infected model is frozen, so its distances are computed once).
+``deepfool_dataset`` runs it over a whole training set in batches. This module is the algorithm
+only: the distances stage (``burn.distances``) stores the results and resumes an interrupted run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
 
-from .cache import config_hash, load_torch, run_dir, save_torch, write_json
-from .config import DeepFoolCfg, to_dict
+from .config import DeepFoolCfg
 from .models import to_model_format
 from .progress import tqdm
 
-DEEPFOOL_VERSION = 1
-CHUNK_BATCHES = 20  # cached_deepfool saves its partial results every this many batches
+DEEPFOOL_VERSION = 1  # enters the distances' keys (burn.keys): bump it when the method changes
 
 
 @dataclass
@@ -205,89 +202,25 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def _run_batches(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, start: int, stop: int,
-                 bar, batch_size: int) -> DeepFoolResult:
+def deepfool_dataset(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, *,
+                     batch_size: int = 256, progress: bool = True, bar=None) -> DeepFoolResult:
+    """DeepFool over ``images`` (uint8 (N, C, H, W), scaled to [0, 1] per batch, or float) in
+    batches of ``batch_size`` on the model's device, clipped to [0, 1]. Each sample's attack
+    is independent of its batch, so ``batch_size`` changes speed, not results (up to float
+    rounding: the same batches give bit-identical results). Results are on the CPU; ``x_adv``
+    is not kept. ``bar``: a progress bar to advance by one a batch, instead of its own."""
+    n = len(images)
+    if bar is None:
+        with tqdm(total=math.ceil(n / batch_size), desc="deepfool", disable=not progress,
+                  leave=False) as own:
+            return deepfool_dataset(model, images, cfg, batch_size=batch_size, bar=own)
     device, dtype = _model_device_dtype(model)
     parts = []
-    for s in range(start, stop, batch_size):
-        x = images[s:min(s + batch_size, stop)]
+    for s in range(0, n, batch_size):
+        x = images[s:s + batch_size]
         x = x.to(device).to(dtype).div_(255.0) if x.dtype == torch.uint8 else x.to(device)
         res = deepfool(model, x, num_candidates=cfg.num_candidates, overshoot=cfg.overshoot,
                        max_iter=cfg.max_iter, step_eps=cfg.step_eps, keep_x_adv=False)
         parts.append(DeepFoolResult(**{k: v.cpu() for k, v in res.tensors().items()}))
         bar.update(1)
-    return DeepFoolResult.cat(parts)
-
-
-def deepfool_dataset(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, *,
-                     batch_size: int = 256, progress: bool = True) -> DeepFoolResult:
-    """DeepFool over ``images`` (uint8 (N, C, H, W), scaled to [0, 1] per batch, or float) in
-    batches of ``batch_size`` on the model's device, clipped to [0, 1]. Each sample's attack
-    is independent of its batch, so ``batch_size`` changes speed, not results. Results are on
-    the CPU; ``x_adv`` is not kept."""
-    n = len(images)
-    with tqdm(total=math.ceil(n / batch_size), desc="deepfool", disable=not progress,
-              leave=False) as bar:
-        return _run_batches(model, images, cfg, 0, n, bar, batch_size)
-
-
-def _fingerprint(images: Tensor) -> str:
-    """A hash of the images' shape, dtype and bytes (about 0.5 s for CIFAR-10's training set)."""
-    t = images.detach().cpu().contiguous()
-    h = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}".encode())
-    if t.numel():
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
-
-
-def cached_deepfool(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, *, key: str,
-                    batch_size: int = 256, progress: bool = True) -> DeepFoolResult:
-    """``deepfool_dataset`` through the run cache ``run_dir("deepfool", config_hash(key, cfg,
-    DEEPFOOL_VERSION, batch_size))``. ``key`` identifies the frozen model and the data (e.g.
-    the attack stage's config hash); the images' fingerprint is checked too. Partial results
-    are saved every ``CHUNK_BATCHES`` batches, so an interrupted run resumes at the first
-    missing chunk; a finished run is loaded (``burn.stages``)."""
-    from .stages import TorchStore, cached
-
-    d = run_dir("deepfool", config_hash(key, cfg, DEEPFOOL_VERSION, batch_size))
-    fp = _fingerprint(images)
-
-    def compute() -> dict:
-        result = _chunked(model, images, cfg, d, fp, batch_size, progress)
-        write_json(d / "config.json", {"key": key, "deepfool": to_dict(cfg),
-                                       "version": DEEPFOOL_VERSION, "fingerprint": fp,
-                                       "summary": result.to_dict()})
-        return result.tensors()
-
-    stored = TorchStore(d / "result.pt")
-    if stored.stored_key() not in (None, fp):
-        raise ValueError(f"cache {d} was computed on other images than these: the key "
-                         f"{key!r} must identify the data")
-    result = DeepFoolResult(**cached(stored, fp, compute))
-    for p in d.glob("part_*.pt"):
-        p.unlink()
-    return result
-
-
-def _chunked(model, images, cfg, d, fp, batch_size, progress) -> DeepFoolResult:
-    """DeepFool over ``images`` in chunks, each saved in ``d`` as it finishes and reused."""
-    n = len(images)
-    chunk = CHUNK_BATCHES * batch_size
-    bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-    n_batches = math.ceil(n / batch_size)
-    parts: list[DeepFoolResult | None] = []
-    for s, e in bounds:
-        p = d / f"part_{s:08d}_{e:08d}.pt"
-        saved = load_torch(p) if p.is_file() else None
-        parts.append(DeepFoolResult(**saved["result"])
-                     if saved is not None and saved["fingerprint"] == fp else None)
-    done_batches = sum(math.ceil((e - s) / batch_size)
-                       for (s, e), part in zip(bounds, parts) if part is not None)
-    with tqdm(total=n_batches, initial=done_batches, desc="deepfool", disable=not progress,
-              leave=False) as bar:
-        for i, (s, e) in enumerate(bounds):
-            if parts[i] is None:
-                parts[i] = _run_batches(model, images, cfg, s, e, bar, batch_size)
-                save_torch({"fingerprint": fp, "result": parts[i].tensors()},
-                           d / f"part_{s:08d}_{e:08d}.pt")
     return DeepFoolResult.cat(parts)

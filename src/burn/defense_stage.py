@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .analysis import separation_summary
-from .cache import config_hash
+from . import keys
 from .config import ExperimentCfg, from_dict, to_dict
 from .data import dataset_spec
 from .defenses import DEFENSES, Defense
@@ -71,7 +71,7 @@ def defender_data(run: AttackRun, defense: Defense) -> DefenderData:
 
 
 def defense_key(run: AttackRun, defense: Defense) -> str:
-    clean_key = config_hash("clean-subset", CLEAN_RATIO, run.cfg.seed)
+    clean_key = keys.clean_subset_key(CLEAN_RATIO, run.cfg.seed)
     dkey = distances_key(run) if defense.needs_distances else ""
     return defense.stage_key(run.key, dkey, clean_key)
 

@@ -1,18 +1,33 @@
 """The distances stage: DeepFool L2 distances of a frozen attacked model to its decision
 boundary, on its whole training set (``deepfool.npz``) or on chosen samples
 (``deepfool_<name>.npz``), stored beside the model under the key of the model, the DeepFool
-config and the samples (``burn.stages``)."""
+config and the samples (``burn.stages``; the formulas are ``burn.keys``).
+
+The whole training set takes about 17 minutes at one thread on this CPU, so its computation is resumable:
+``deepfool_in_parts`` stores the distances of every ``CHUNK_BATCHES`` batches as they finish,
+each part through the same ``cached`` under the hash of its images, in the run cache outside
+the repository; an interrupted run computes only the parts missing, and once ``deepfool.npz``
+is written the parts are deleted."""
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
-from .cache import config_hash
+from . import keys
+from .cache import run_dir, tensors_sha256
+from .config import DeepFoolCfg
+from .deepfool import DeepFoolResult, deepfool_dataset
 from .experiment import AttackRun
-from .stages import NpzStore, cached
+from .progress import tqdm
+from .stages import NpzStore, TorchStore, cached
+
+CHUNK_BATCHES = 20  # deepfool_in_parts stores the distances of this many batches together
 
 
 def _arrays(res, wall: float, **extra) -> dict:
@@ -33,9 +48,43 @@ def _tensors(arrays: dict) -> dict:
 
 
 def distances_key(run: AttackRun) -> str:
-    from .deepfool import DEEPFOOL_VERSION
+    return keys.distances_key(run.key, run.cfg.deepfool)
 
-    return config_hash("deepfool", DEEPFOOL_VERSION, run.key, run.cfg.deepfool)
+
+def deepfool_in_parts(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, parts_dir: Path, *,
+                      batch_size: int, progress: bool = True) -> DeepFoolResult:
+    """``deepfool_dataset`` over ``images`` in parts of ``CHUNK_BATCHES`` batches, each stored
+    in ``parts_dir`` (``part_<start>_<stop>.pt``) as it finishes, under the hash of its images,
+    and read back when present: an interrupted run resumes at the parts missing. The batches
+    are the ones ``deepfool_dataset`` makes, so the result is bit-identical to it.
+    ``parts_dir`` must identify the model, the config and the batch size; a part stored there
+    for other images is an error, not recomputed or reused."""
+    n = len(images)
+    chunk = CHUNK_BATCHES * batch_size
+    parts = []
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        parts.append((TorchStore(parts_dir / f"part_{s:08d}_{e:08d}.pt"),
+                      tensors_sha256({"images": images[s:e]}), s, e))
+    done = sum(math.ceil((e - s) / batch_size) for store, key, s, e in parts
+               if store.stored_key() == key)
+
+    def other_images(store):
+        return lambda stored: ValueError(
+            f"{store.path} holds the distances of other images than these: the model's key "
+            f"must identify its data; delete {parts_dir} to compute them again")
+
+    results = []
+    with tqdm(total=math.ceil(n / batch_size), initial=done, desc="deepfool",
+              disable=not progress, leave=False) as bar:
+        for store, key, s, e in parts:
+            def compute(s=s, e=e) -> dict:
+                return deepfool_dataset(model, images[s:e], cfg, batch_size=batch_size,
+                                        bar=bar).tensors()
+
+            results.append(DeepFoolResult(**cached(store, key, compute,
+                                                   conflict=other_images(store))))
+    return DeepFoolResult.cat(results)
 
 
 def boundary_distances(run: AttackRun) -> dict:
@@ -45,19 +94,29 @@ def boundary_distances(run: AttackRun) -> dict:
     matches; otherwise computed through the resumable run cache. Returns a dict of tensors:
     norms, adv_labels, orig_labels (the model's prediction), iterations, converged, plus
     ``key`` and ``wall_s``."""
-    from .deepfool import cached_deepfool
+    key = distances_key(run)
+    rt = run.runtime
+    computed = []
 
     def compute():
-        rt = run.runtime
+        parts_dir = run_dir("deepfool", keys.deepfool_parts_key(key, rt.deepfool_batch_size()))
+        computed.append(parts_dir)
         rt.say(f"deepfool: L2 distance to the decision boundary of all {len(run.poisoned)} "
-               f"training images ({rt.deepfool_batch_size()} a batch); parts are saved as they "
-               "finish, so an interrupted run resumes; the bar shows the time left")
+               f"training images ({rt.deepfool_batch_size()} a batch); parts are saved in "
+               f"{parts_dir} as they finish, so an interrupted run resumes; the bar shows the "
+               "time left")
         t0 = time.perf_counter()
-        res = cached_deepfool(run.model, run.poisoned.images, run.cfg.deepfool, key=run.key,
-                              batch_size=rt.deepfool_batch_size(), progress=rt.progress)
+        res = deepfool_in_parts(run.model, run.poisoned.images, run.cfg.deepfool, parts_dir,
+                                batch_size=rt.deepfool_batch_size(), progress=rt.progress)
         return _arrays(res, time.perf_counter() - t0)
 
-    return _tensors(cached(NpzStore(run.results_dir / "deepfool.npz"), distances_key(run), compute))
+    out = _tensors(cached(NpzStore(run.results_dir / "deepfool.npz"), key, compute))
+    for parts_dir in computed:  # stored in deepfool.npz: the parts are no longer needed
+        for p in parts_dir.glob("part_*.pt"):
+            p.unlink()
+        if not any(parts_dir.iterdir()):
+            parts_dir.rmdir()
+    return out
 
 
 def subset_distances(run: AttackRun, index: torch.Tensor, *, name: str) -> dict:
@@ -66,11 +125,9 @@ def subset_distances(run: AttackRun, index: torch.Tensor, *, name: str) -> dict:
     Fig. 5), committed beside the model as ``deepfool_<name>.npz`` and reused while the model,
     the DeepFool config and the indices are the same. The arrays follow ``index``'s order and
     include it as ``index``."""
-    from .deepfool import DEEPFOOL_VERSION, deepfool_dataset
-
     index = torch.as_tensor(index, dtype=torch.long)
     cfg = run.cfg.deepfool
-    key = config_hash("deepfool-subset", DEEPFOOL_VERSION, run.key, cfg, index.tolist())
+    key = keys.subset_distances_key(run.key, cfg, index.tolist())
 
     def compute():
         t0 = time.perf_counter()

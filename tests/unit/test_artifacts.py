@@ -30,12 +30,12 @@ def test_ablation_reuses_the_default_burn_run(tmp_path):
     cfg = load_preset("smoke")
     b = cfg.burn
     assert (b.alpha_start, b.beta_start) == (b.alpha_end / 2, b.beta_end / 2)
-    from burn.cache import config_hash
     from burn.distances import distances_key
+    from burn.keys import burn_key
 
     run = SimpleNamespace(cfg=cfg, key="k", results_dir=tmp_path)  # no model: any rerun would fail
     write_json(tmp_path / "burn.json", {"acc": 0.7, "asr": 0.02, "ra": 0.6, "attack_config_hash": "k",
-                                        "config_hash": config_hash("burn", "k", distances_key(run), b),
+                                        "config_hash": burn_key(b, "k", distances_key(run)),
                                         "config": to_dict(cfg), "report": {"iterations": [{"precision": 0.5}]}})
     df = ablation(run, alphas=(b.alpha_end,), betas=(b.beta_end,), fixed_alpha=b.alpha_end,
                   fixed_beta=b.beta_end)

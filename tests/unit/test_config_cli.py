@@ -20,7 +20,7 @@ def test_presets_exist_and_differ():
 def test_result_keys_do_not_depend_on_the_presets_name():
     """Renaming a preset (cpu -> cpu-w16) keeps every committed result valid: keys hash the
     settings, never the preset's or the variant's name."""
-    from burn.experiment import attack_key
+    from burn.keys import attack_key
 
     w16 = load_preset("cpu-w16")
     same = load_preset("cpu", {"model": {"final_bn_relu": True}, "train": {"amp_bf16": False},
@@ -63,7 +63,8 @@ def test_cli_missing_dataset_is_a_clear_error(tmp_path, capsys):
 
 def test_one_seed_drives_the_run_and_seed_zero_keeps_every_key():
     from burn.defense_stage import make_defense
-    from burn.experiment import attack_key, results_dir
+    from burn.experiment import results_dir
+    from burn.keys import attack_key
 
     base, zero, one = load_preset("cpu"), load_preset("cpu", {"seed": 0}), load_preset("cpu", {"seed": 1})
     assert attack_key(base, "C") == attack_key(zero, "C") != attack_key(one, "C")

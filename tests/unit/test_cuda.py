@@ -6,7 +6,8 @@ import torch
 
 from burn.config import load_preset
 from burn.distances import boundary_distances
-from burn.experiment import attack_key, attacked_model
+from burn.experiment import attacked_model
+from burn.keys import attack_key
 from burn.runtime import Runtime
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

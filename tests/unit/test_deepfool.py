@@ -5,9 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import burn.deepfool as df
 from burn.config import DeepFoolCfg
-from burn.deepfool import cached_deepfool, deepfool, deepfool_dataset
+from burn.deepfool import deepfool, deepfool_dataset
 
 NUM_CLASSES = 6
 
@@ -266,51 +265,3 @@ def test_empty_input(trained_cnn):
                          batch_size=8, progress=False)
     assert len(e) == 0 and e.to_dict()["unconverged"] == 0
 
-
-def test_cache_loads_and_resumes(trained_cnn, tmp_path, monkeypatch):
-    monkeypatch.setenv("BURN_CACHE", str(tmp_path))
-    monkeypatch.setattr(df, "CHUNK_BATCHES", 1)
-    x, _ = synthetic(20, seed=9)
-    u8 = (x * 255).round().to(torch.uint8)
-    cfg = DeepFoolCfg(num_candidates=4, max_iter=20)  # 3 chunks: 8, 8, 4
-    expected = deepfool_dataset(trained_cnn, u8, cfg, batch_size=8, progress=False)
-
-    # Interrupt a run after its first chunk.
-    calls = []
-    real = df._run_batches
-
-    def interrupted(*args):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(args[3:5])
-        return real(*args)
-
-    monkeypatch.setattr(df, "_run_batches", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        cached_deepfool(trained_cnn, u8, cfg, key="m1", batch_size=8, progress=False)
-    parts = sorted(tmp_path.rglob("part_*.pt"))
-    assert len(parts) == 1 and not list(tmp_path.rglob("result.pt"))
-
-    # Resume: only the two missing chunks are computed.
-    resumed = []
-
-    def counting(*args):
-        resumed.append(args[3:5])
-        return real(*args)
-
-    monkeypatch.setattr(df, "_run_batches", counting)
-    r = cached_deepfool(trained_cnn, u8, cfg, key="m1", batch_size=8, progress=False)
-    assert resumed == [(8, 16), (16, 20)]
-    for name, v in expected.tensors().items():
-        assert torch.equal(getattr(r, name), v), name
-    assert len(list(tmp_path.rglob("result.pt"))) == 1 and not list(tmp_path.rglob("part_*.pt"))
-
-    # Complete: loaded, nothing computed, identical.
-    resumed.clear()
-    again = cached_deepfool(trained_cnn, u8, cfg, key="m1", batch_size=8, progress=False)
-    assert resumed == []
-    for name, v in r.tensors().items():
-        assert torch.equal(getattr(again, name), v), name
-    # Other data under the same key is an error, not a silent reuse.
-    with pytest.raises(ValueError, match="other images"):
-        cached_deepfool(trained_cnn, u8.flip(0), cfg, key="m1", batch_size=8, progress=False)

@@ -2,11 +2,11 @@
 
 import torch
 
-from burn.cache import config_hash
 from burn.config import load_preset
 from burn.defense_stage import clean_subset, defense_key, defense_run, make_defense
 from burn.defenses import DEFENSES
 from burn.distances import distances_key
+from burn.keys import burn_key
 from burn.experiment import attacked_model
 from burn.runtime import Runtime
 
@@ -41,6 +41,6 @@ def test_a_baseline_writes_its_record_and_reuses_it(tmp_path):
 def test_burn_keeps_the_key_of_its_committed_records(tmp_path):
     run = _run(tmp_path)
     burn = make_defense(run.cfg, "burn")
-    assert defense_key(run, burn) == config_hash("burn", run.key, distances_key(run), run.cfg.burn)
+    assert defense_key(run, burn) == burn_key(run.cfg.burn, run.key, distances_key(run))
     assert set(DEFENSES) == {"burn", "fp", "nad", "anp", "ibau", "ftsam", "sau"}
     assert all(DEFENSES[d].needs_clean_data for d in DEFENSES if d != "burn")

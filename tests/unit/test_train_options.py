@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from burn.config import load_preset
-from burn.experiment import attack_key, build_model
+from burn.experiment import build_model
+from burn.keys import attack_key
 from burn.runtime import Runtime
 from burn.train import tf32_enabled, train_model
 

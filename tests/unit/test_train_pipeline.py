@@ -82,7 +82,8 @@ def test_attack_run_writes_contract_and_hits_cache(tmp_path):
 
 def test_a_committed_partial_checkpoint_resumes_on_a_new_machine(tmp_path, monkeypatch):
     from burn.cache import run_dir
-    from burn.experiment import attack_key, prepare_data, results_dir
+    from burn.experiment import prepare_data, results_dir
+    from burn.keys import attack_key
 
     cfg = load_preset("smoke", {"train": {"epochs": 2}})
     full = attacked_model(cfg, Runtime(results_root=tmp_path / "a", progress=False))

@@ -55,11 +55,9 @@ class Defense:
     def stage_key(self, attack_key: str, distances_key: str, clean_key: str) -> str:
         """The key of this defense's run on one attacked model (``burn.defense_stage``): the
         model, the defense's fields and the data it holds."""
-        from ..cache import config_hash
+        from ..keys import defense_key
 
-        return config_hash("defense", self.name, attack_key, self,
-                           distances_key if self.needs_distances else None,
-                           clean_key if self.needs_clean_data else None)
+        return defense_key(self, attack_key, distances_key, clean_key)
 
 
 def split_clean(data: DefenderData, held_out: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:

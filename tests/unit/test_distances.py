@@ -1,0 +1,131 @@
+"""The distances stage: resumable in parts through ``burn.stages.cached``, bit-identical to one
+``deepfool_dataset`` pass, stored in ``deepfool.npz`` under ``burn.keys.distances_key``."""
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from test_deepfool import synthetic, train_tiny_cnn
+from torch import nn
+
+import burn.distances as dist
+from burn import keys
+from burn.config import DeepFoolCfg
+from burn.data import cache_dir
+from burn.deepfool import deepfool_dataset
+from burn.runtime import Runtime
+
+CFG = DeepFoolCfg(num_candidates=4, max_iter=20)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    return train_tiny_cnn()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    x, _ = synthetic(20, seed=9)
+    return (x * 255).round().to(torch.uint8)  # batches of 8 in parts of 1 batch: 8, 8, 4
+
+
+def _equal(a: dict, b: dict):
+    for name, v in b.items():
+        assert torch.equal(a[name], v), name
+
+
+def test_parts_resume_after_an_interruption_bit_identical(model, images, tmp_path, monkeypatch):
+    monkeypatch.setattr(dist, "CHUNK_BATCHES", 1)
+    expected = deepfool_dataset(model, images, CFG, batch_size=8, progress=False).tensors()
+    sizes = []
+    real = dist.deepfool_dataset
+
+    def interrupted(m, x, *args, **kw):
+        if sizes:
+            raise KeyboardInterrupt
+        sizes.append(len(x))
+        return real(m, x, *args, **kw)
+
+    monkeypatch.setattr(dist, "deepfool_dataset", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dist.deepfool_in_parts(model, images, CFG, tmp_path, batch_size=8, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part_00000000_00000008.pt"]
+
+    def counting(m, x, *args, **kw):
+        sizes.append(len(x))
+        return real(m, x, *args, **kw)
+
+    monkeypatch.setattr(dist, "deepfool_dataset", counting)
+    sizes.clear()
+    r = dist.deepfool_in_parts(model, images, CFG, tmp_path, batch_size=8, progress=False)
+    assert sizes == [8, 4]  # only the two missing parts
+    _equal(r.tensors(), expected)
+
+    sizes.clear()
+    again = dist.deepfool_in_parts(model, images, CFG, tmp_path, batch_size=8, progress=False)
+    assert sizes == []
+    _equal(again.tensors(), expected)
+    # A part of other images in the same folder is an error, not a silent reuse.
+    with pytest.raises(ValueError, match="other images"):
+        dist.deepfool_in_parts(model, images.flip(0), CFG, tmp_path, batch_size=8, progress=False)
+
+
+@dataclass
+class _Poisoned:
+    images: torch.Tensor
+
+    def __len__(self):
+        return len(self.images)
+
+
+@dataclass
+class _Run:
+    """What ``boundary_distances`` reads of an ``AttackRun``."""
+
+    model: nn.Module
+    poisoned: _Poisoned
+    results_dir: object
+    key: str = "m1"
+    cfg: object = field(default_factory=lambda: type("Cfg", (), {"deepfool": CFG})())
+    runtime: Runtime = Runtime(device="cpu", deepfool_batch=8, progress=False)
+
+
+def test_boundary_distances_resume_then_store_npz_and_drop_parts(model, images, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr(dist, "CHUNK_BATCHES", 1)
+    run = _Run(model, _Poisoned(images), tmp_path / "results")
+    expected = deepfool_dataset(model, images, CFG, batch_size=8, progress=False).tensors()
+    real, sizes = dist.deepfool_dataset, []
+
+    def interrupted(m, x, *args, **kw):
+        if len(sizes) == 2:
+            raise KeyboardInterrupt
+        sizes.append(len(x))
+        return real(m, x, *args, **kw)
+
+    monkeypatch.setattr(dist, "deepfool_dataset", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dist.boundary_distances(run)
+    assert not (run.results_dir / "deepfool.npz").exists()
+    parts = cache_dir() / "runs" / "deepfool"
+    assert len(list(parts.rglob("part_*.pt"))) == 2
+    sizes.clear()
+    bd = dist.boundary_distances(run)
+    assert sizes == [4]  # the third part only
+    assert bd["key"] == keys.distances_key("m1", CFG) == dist.distances_key(run)
+    assert bd["norms"].dtype == torch.float32
+    _equal({k: bd[k] for k in expected}, expected)
+    assert not list(parts.iterdir())  # stored in deepfool.npz: the parts are deleted
+
+    sizes.clear()
+    again = dist.boundary_distances(run)
+    assert sizes == []
+    _equal({k: again[k] for k in expected}, expected)
