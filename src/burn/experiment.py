@@ -33,13 +33,14 @@ from .data import ImageDataset, dataset_spec, load_dataset
 from .metrics import evaluate
 from .models import create_model
 from .provenance import provenance
-from .runtime import Runtime
+from .runtime import Runtime, cpu_has_bf16
 from .stages import TorchStore, cached
-from .train import train_model
+from .train import measure_rate, train_model
 
 ATTACK_STAGE_VERSION = 1
 RESULTS_ROOT = PROJECT_ROOT / "results"
 STORED_TOLERANCE_IMAGES = 2
+MEASURED_STEPS = 5  # training steps timed for the expected time (not counted in any result)
 
 
 @dataclass
@@ -276,6 +277,8 @@ def _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
         ckpt.unlink(missing_ok=True)
     if not retrain and not ckpt.exists() and shipped.is_file():
         shutil.copyfile(shipped, ckpt)
+    flip = dataset_spec(cfg.data.dataset).flip
+    bf16_rate = _warn_slow_bf16(cfg, runtime, model, train.images, train.labels, flip)
     hook = None
     if attack.custom_training:
         attack = _fit_custom(cfg, runtime, attack, train, cache, key, retrain)
@@ -288,12 +291,14 @@ def _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
                 f"{cfg.train.epochs} epochs on {len(train)} images, {runtime.torch_device()}); "
                 f"a checkpoint after every epoch in {cache} lets an interrupted run resume"
                 + (" (resuming now)" if ckpt.exists() else "") + "; the bar shows the time left")
-    t0 = time.perf_counter()
     # on a GPU the training set lives on the device (150 MB for CIFAR-10), so a step copies
     # nothing from the host
     device = runtime.torch_device()
-    history = train_model(model, images.to(device), labels.to(device), cfg.train,
-                          flip=dataset_spec(cfg.data.dataset).flip, checkpoint=ckpt,
+    images, labels = images.to(device), labels.to(device)
+    _say_expected_time(cfg, runtime, model, images, labels, flip, hook, ckpt,
+                       rate=bf16_rate if hook is None else None)
+    t0 = time.perf_counter()
+    history = train_model(model, images, labels, cfg.train, flip=flip, checkpoint=ckpt,
                           progress=runtime.progress, hook=hook, compile_mode=runtime.compile)
     wall = time.perf_counter() - t0
     if hook is not None:
@@ -307,6 +312,59 @@ def _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
     record = _attack_record(cfg, runtime, model, attack, poisoned, test, poisoned_test, key,
                             history, wall)
     return {"record": record, "state_dict": state, "attack_state": attack.attack_state()}
+
+
+def _rate(images_per_s: float) -> str:
+    return f"{images_per_s:,.0f}" if images_per_s >= 100 else f"{images_per_s:.1f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _warn_slow_bf16(cfg, runtime, model, images, labels, flip) -> float | None:
+    """Before any long work: where the config asks for bf16 autocast on a CPU without bf16
+    instructions (or where that is unknown), one line with the measured rates of bf16 and
+    fp32 steps and the fp32 alternative. It warns, it never refuses. Returns the bf16 rate
+    (None: nothing measured)."""
+    if not (runtime.progress and cfg.train.amp_bf16 and runtime.torch_device().type == "cpu"):
+        return None
+    has_bf16 = cpu_has_bf16()
+    if has_bf16:
+        return None
+    bf16, fp32 = (measure_rate(model, images, labels, cfg.train, amp_bf16=amp, flip=flip,
+                               steps=MEASURED_STEPS) for amp in (True, False))
+    if bf16 is None or fp32 is None:
+        return None
+    lacks = ("has no bf16 instructions (avx512_bf16, amx_bf16)" if has_bf16 is False
+             else "may lack bf16 instructions (unknown here)")
+    runtime.say(f"warning: train.amp_bf16 asks for bf16 autocast, but this CPU {lacks}: bf16 "
+                f"steps run at {_rate(bf16)} img/s here, fp32 steps at {_rate(fp32)} img/s. "
+                "fp32 is another result, under its own key: --set train.amp_bf16=false "
+                "--variant NAME")
+    return bf16
+
+
+def _say_expected_time(cfg, runtime, model, images, labels, flip, hook, ckpt, rate=None) -> None:
+    """One line with the training's expected time, from ``rate`` (images/s) or from
+    ``MEASURED_STEPS`` steps measured now on copies of the model and hook (nothing with
+    ``progress=False``, or with ``compile``, whose first steps compile)."""
+    if not runtime.progress or runtime.compile:
+        return
+    done = load_torch(ckpt)["epoch"] if ckpt.exists() else 0
+    left, n = cfg.train.epochs - done, len(labels)
+    if rate is None:
+        rate = measure_rate(model, images, labels, cfg.train, flip=flip, hook=hook,
+                            steps=MEASURED_STEPS)
+    if rate is None or left <= 0:
+        return
+    steps = min(MEASURED_STEPS, -(-n // cfg.train.batch_size) - 1)
+    epochs = (f"{left} of {cfg.train.epochs} epochs left" if done
+              else f"{left} epoch{'s' if left > 1 else ''}")
+    runtime.say(f"training: {epochs} of {n:,} images, about {_duration(left * n / rate)} here "
+                f"({_rate(rate)} img/s measured over {steps} steps)")
 
 
 def _attack_record(cfg, runtime, model, attack, poisoned, test, poisoned_test, key, history,

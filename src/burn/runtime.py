@@ -7,6 +7,7 @@ one results folder (their numbers agree to float32 rounding; results/README.md).
 
 from __future__ import annotations
 
+import platform
 import sys
 from dataclasses import dataclass
 
@@ -14,6 +15,22 @@ import torch
 
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU has bf16 instructions (``avx512_bf16`` or ``amx_bf16``), without which
+    bf16 autocast runs about 12x slower than float32 (experiments/README.md). On x86, read
+    from /proc/cpuinfo, else torch's own check; None: unknown (another architecture)."""
+    from .provenance import cpu_info
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
+        return None
+    flags = cpu_info()["flags"]
+    if flags is not None:
+        return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported",
+                                                    "_is_amx_tile_supported")]
+    return any(c() for c in checks) if all(checks) else None
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,8 @@ class Runtime:
         return 2048 if self.torch_device().type == "cuda" else 256
 
     def say(self, message: str) -> None:
-        """A line on stderr about what a long stage computes (silent with ``progress=False``)."""
+        """A line on stderr about what a long stage computes (silent with ``progress=False``,
+        which also skips measuring the training speed it would report)."""
         if self.progress:
             print(message, file=sys.stderr, flush=True)
 

@@ -4,6 +4,7 @@ deterministic on the CPU, with per-epoch checkpoints so an interrupted run resum
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from pathlib import Path
@@ -102,6 +103,31 @@ def tf32_enabled(device: torch.device, enabled: bool):
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def measure_rate(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg, *,
+                 amp_bf16: bool | None = None, flip: bool = True, hook=None, steps: int = 5,
+                 warmup: int = 1) -> float | None:
+    """Training images per second: ``warmup`` then ``steps`` timed steps of ``cfg``'s recipe
+    on the first batches of ``images``, in ``amp_bf16`` (None: ``cfg.amp_bf16``). It trains
+    copies of ``model`` and ``hook`` with its own optimizer and generator, so the training
+    that follows is unchanged. None when ``images`` hold no timed batch."""
+    bs = cfg.batch_size
+    timed = slice(warmup * bs, min(len(labels), (warmup + steps) * bs))
+    if timed.stop <= timed.start:
+        return None
+    net, hook = copy.deepcopy(model), copy.deepcopy(hook)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    kw = dict(batch_size=bs, generator=gen, augment=cfg.augment, crop_padding=cfg.crop_padding,
+              flip=flip, amp_bf16=cfg.amp_bf16 if amp_bf16 is None else amp_bf16, hook=hook)
+    with torch.random.fork_rng(devices=[]), tf32_enabled(next(net.parameters()).device, cfg.tf32):
+        if warmup:
+            run_epoch(net, opt, images[:timed.start], labels[:timed.start], **kw)
+        t0 = time.perf_counter()
+        run_epoch(net, opt, images[timed], labels[timed], **kw)  # reads the loss: synchronized
+        return (timed.stop - timed.start) / (time.perf_counter() - t0)
 
 
 def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg, *,
