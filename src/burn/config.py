@@ -114,7 +114,13 @@ class BurnCfg:
     # "random" (the control, not a defense): P_t is a seeded uniform draw of the same size from
     # all of D, redrawn each iteration; everything else as "global". It measures what the
     # ranking adds over relabeling any alpha_t of D with their adversarial labels.
-    selection: str = field(default="global", metadata=choices("global", "suspect_class", "random"))
+    # "spread_class" (opt-in repair, not the paper): the suspect class is the given label whose
+    # samples' adversarial labels are most spread (entropy): a poisoned sample's adversarial
+    # label falls back to its true class, any of the others. Burn acts only when that class
+    # leads the next by ``min_spread_gap`` nats, and otherwise returns the model unchanged.
+    selection: str = field(default="global",
+                           metadata=choices("global", "suspect_class", "random", "spread_class"))
+    min_spread_gap: float = field(default=0.07, metadata={**OMIT_AT_DEFAULT, "check": "nonneg"})
     # Opt-in (not the paper): phase 1 also fine-tunes on the bottom beta_0 of D by distance with
     # their given labels, as phase 2 does; the spec's phase 1 trains on P_0 alone. Measured with
     # the suspect-class selection it raises ACC after phase 1 (BadNets 0.702 -> 0.769) but not

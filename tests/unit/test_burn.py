@@ -120,7 +120,7 @@ def test_phase1_clean_set_is_opt_in_and_keeps_existing_keys():
     # at their defaults the options added later are left out of config hashes, so committed
     # results stay valid
     assert config_hash(BurnCfg()) == config_hash({k: v for k, v in BurnCfg().__dict__.items()
-                                                  if k not in ("phase1_clean_set", "lambda_end")})
+                                                  if k not in ("phase1_clean_set", "lambda_end", "min_spread_gap")})
     assert config_hash(BurnCfg(phase1_clean_set=True)) != config_hash(BurnCfg())
     assert config_hash(BurnCfg(lambda_end=0.5)) != config_hash(BurnCfg())
 
@@ -143,3 +143,25 @@ def test_random_selection_ignores_the_ranking_and_is_seeded():
     assert rep.iterations[0].n_poison_set == 10 and rep.iterations[0].precision < 1.0
     assert [asdict(i)["precision"] for i in rep.iterations] == \
            [asdict(i)["precision"] for i in rep2.iterations]
+
+
+def test_spread_class_finds_the_label_whose_adversarial_labels_scatter():
+    from burn.defenses.burn import spread_class
+
+    # class 0 holds poison from every class (adversarial labels 1-9); classes 1-9 each fall
+    # back to one neighbour
+    labels = torch.arange(10).repeat_interleave(90)
+    adv = (labels + 1) % 10
+    adv[:90] = torch.arange(1, 10).repeat(10)
+    cls, gap = spread_class(adv, labels)
+    assert cls == 0 and gap == pytest.approx(torch.log(torch.tensor(9.0)).item(), rel=1e-6)
+
+
+def test_spread_class_declines_without_a_standout_label_and_leaves_the_model():
+    model, images, labels, _, mask, norms, _ = _setup()
+    adv = (labels + 1) % 10  # every class falls back to one neighbour: nothing stands out
+    cfg = BurnCfg(**{**CFG.__dict__, "selection": "spread_class"})
+    purified, rep = defend(model, images, labels, cfg, norms=norms, adv_labels=adv, poison_mask=mask)
+    assert rep.iterations == [] and rep.suspect_class is None and rep.spread_gap == 0.0
+    for a, b in zip(model.state_dict().values(), purified.state_dict().values()):
+        assert torch.equal(a, b)

@@ -29,7 +29,7 @@ from ..train import run_epoch
 from .base import DefenderData, Defense
 
 DIVERGENCES = ("kl", "js", "l2")
-SELECTIONS = ("global", "suspect_class", "random")
+SELECTIONS = ("global", "suspect_class", "random", "spread_class")
 
 
 def suspect_class(norms: Tensor, labels: Tensor) -> int:
@@ -39,6 +39,24 @@ def suspect_class(norms: Tensor, labels: Tensor) -> int:
     classes = labels.unique()
     medians = torch.stack([norms[labels == c].median() for c in classes])
     return int(classes[medians.argmax()])
+
+
+def spread_class(adv_labels: Tensor, labels: Tensor) -> tuple[int, float]:
+    """The given label whose samples' adversarial labels are most spread (Shannon entropy, in
+    nats), and its lead over the next label. Under an all-to-one dirty-label attack the target
+    label holds the poison, whose adversarial labels fall back to its true classes, any of the
+    others; a clean class's fall to a few neighbours. Uses only labels and adversarial labels."""
+    classes = labels.unique()
+    k = int(max(adv_labels.max(), labels.max())) + 1
+    ent = []
+    for c in classes:
+        p = torch.bincount(adv_labels[labels == c], minlength=k).double()
+        p = p[p > 0] / p.sum()
+        ent.append(float(-(p * p.log()).sum()))
+    ent = torch.tensor(ent)
+    top = ent.topk(min(2, len(ent))).values
+    gap = float(top[0] - top[1]) if len(top) > 1 else float("inf")
+    return int(classes[ent.argmax()]), gap
 
 
 @dataclass
@@ -70,13 +88,15 @@ class BurnReport:
     iterations: list[BurnIteration]
     wall_s: float
     deepfool: dict
-    suspect_class: int | None = None  # the estimated target (selection="suspect_class" only)
+    suspect_class: int | None = None  # the estimated target (the class selections only)
+    spread_gap: float | None = None  # selection="spread_class": the suspect class's lead, nats
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "before": self.before,
-                "iterations": [asdict(it) for it in self.iterations],
-                "wall_s": self.wall_s, "deepfool": self.deepfool,
-                "suspect_class": self.suspect_class}
+        out = {"config": self.config, "before": self.before,
+               "iterations": [asdict(it) for it in self.iterations],
+               "wall_s": self.wall_s, "deepfool": self.deepfool,
+               "suspect_class": self.suspect_class}
+        return out if self.spread_gap is None else {**out, "spread_gap": self.spread_gap}
 
 
 def schedule(cfg: BurnCfg, t: int) -> tuple[float, float, float]:
@@ -180,6 +200,13 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
     pick = torch.Generator().manual_seed(cfg.seed + 1) if cfg.selection == "random" else None
     before = evaluate(f0) if evaluate is not None else {}
     suspect = suspect_class(norms, labels) if cfg.selection == "suspect_class" else None
+    gap = None
+    if cfg.selection == "spread_class":
+        suspect, gap = spread_class(adv_labels, labels)
+        if gap < cfg.min_spread_gap:  # no label stands out: nothing to unlearn, do no harm
+            return ft.eval(), BurnReport(config=asdict(cfg), before=before, iterations=[],
+                                         wall_s=time.perf_counter() - t_start, deepfool={},
+                                         suspect_class=None, spread_gap=gap)
     # candidates for P_t: everything, or (opt-in) only the suspect class
     eligible = torch.ones(n, dtype=torch.bool) if suspect is None else labels == suspect
     logits0 = None
@@ -219,7 +246,8 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
         bar.set_postfix({k: f"{getattr(it, k):.3f}" for k in ("acc", "asr", "precision")
                          if getattr(it, k) is not None})
     report = BurnReport(config=asdict(cfg), before=before, iterations=iterations,
-                        wall_s=time.perf_counter() - t_start, deepfool={}, suspect_class=suspect)
+                        wall_s=time.perf_counter() - t_start, deepfool={}, suspect_class=suspect,
+                        spread_gap=gap)
     return ft.eval(), report
 
 
