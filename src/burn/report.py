@@ -135,6 +135,7 @@ def paper_vs_ours(preset: str, dataset: str = "cifar10", *, results_root=None) -
             "table2_ablation.csv", lambda df: [], ["varied", "alpha", "beta", "ACC", "ASR"],
             lambda df: ([r.varied, f"{r.alpha:g}", f"{r.beta:g}", f"{r.acc:.3f}", f"{r.asr:.3f}"]
                         for r in df.itertuples()))
+    lines.extend(seeds_section(res))
     return "\n".join(lines)
 
 
@@ -221,3 +222,107 @@ def fill_blocks(text: str, blocks: dict) -> str:
             raise ValueError(f"README.md has no block <!-- report:{name} --> ... <!-- /report:{name} -->")
         text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     return text
+
+
+# Over seeds: each measure of a run, read from its records (seed 0 is the run's own folder,
+# seed n its ``seeds/<n>/``), as (record file stem, field); "deepfool." reads burn.json's
+# DeepFool summary.
+SEED_MEASURES = {
+    "attacked ACC": ("none", "acc"), "attacked ASR": ("none", "asr"),
+    "AUROC": ("burn", "deepfool.auroc"), "top-0.5% precision": ("burn", "deepfool.top0.5pct_precision"),
+}
+BURN_RUNS = {"burn": "Burn", "burn_lambda_end_0.5": "Burn, lambda_end 0.5",
+             "burn_suspect_class": "Burn, suspect class", "burn_random": "Burn, random P_t (control)",
+             "burn_spread_class": "Burn, spread class"}
+
+
+def seed_dirs(run_dir: Path) -> dict[int, Path]:
+    """``{seed: folder}`` of a run's seeds that have an attacked model's record."""
+    dirs = {0: run_dir} | {int(p.name): p for p in (run_dir / "seeds").glob("*") if p.name.isdigit()}
+    return {s: d for s, d in sorted(dirs.items()) if (d / "none.json").is_file()}
+
+
+def _field(record: dict, name: str):
+    for part in name.split("."):
+        record = record.get(part) if isinstance(record, dict) else None
+    return record
+
+
+def seed_table(run_dirs: dict[str, Path]) -> pd.DataFrame:
+    """One row per (attack, seed, measure) that a record holds: the attacked model, the
+    distance's separation, and the ACC / ASR of each Burn run."""
+    from .cache import read_json
+
+    measures = dict(SEED_MEASURES)
+    for stem, label in BURN_RUNS.items():
+        measures |= {f"{label}: ACC": (stem, "acc"), f"{label}: ASR": (stem, "asr")}
+    rows = []
+    for attack, run_dir in run_dirs.items():
+        for seed, d in seed_dirs(run_dir).items():
+            records = {}
+            for measure, (stem, name) in measures.items():
+                f = d / f"{stem}.json"
+                if stem not in records:
+                    records[stem] = read_json(f) if f.is_file() else None
+                v = _field(records[stem], name) if records[stem] else None
+                if v is not None:
+                    rows.append({"attack": attack, "seed": seed, "measure": measure, "value": float(v)})
+    return pd.DataFrame(rows, columns=["attack", "seed", "measure", "value"])
+
+
+def t_interval(values) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t interval (NaN for fewer than two values)."""
+    from scipy import stats
+
+    v = pd.Series(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), float("nan")
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5)
+
+
+def seed_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (attack, measure): the seeds, their values, the mean with its 95% t-interval, and
+    for Burn's ASR how many seeds remove the backdoor (ASR <= ``REMOVED_AT``)."""
+    rows = []
+    for (attack, measure), g in df.groupby(["attack", "measure"], sort=False):
+        mean, half = t_interval(g["value"])
+        row = {"attack": attack, "measure": measure, "n": len(g), "seeds": " ".join(map(str, g["seed"])),
+               "values": " ".join(f"{v:.3f}" for v in g["value"]), "mean": mean, "ci95_half": half}
+        if measure.endswith(": ASR"):
+            row["removed"] = f"{int((g['value'] <= REMOVED_AT).sum())} of {len(g)}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_groups(res: Path) -> dict[str, dict[str, Path]]:
+    """``{group: {attack: folder}}`` of every group of runs (the preset's own, each variant)
+    in which some attack has more than one seed; seeds are compared within a group only
+    (one precision, one recipe)."""
+    groups: dict[str, dict[str, Path]] = {}
+    for attack_dir in sorted(p for p in res.iterdir() if p.is_dir()):
+        candidates = {"preset": attack_dir} | {f"variant {v.name}": v for v in (attack_dir / "variants").glob("*")
+                                               if v.is_dir()}
+        for group, d in candidates.items():
+            if (d / "none.json").is_file():
+                groups.setdefault(group, {})[attack_dir.name] = d
+    return {g: dirs for g, dirs in groups.items() if any(len(seed_dirs(d)) > 1 for d in dirs.values())}
+
+
+def seeds_section(res: Path) -> list[str]:
+    """The claims page's section over seeds: mean with 95% t-interval per measure."""
+    lines = ["## Over seeds", ""]
+    groups = seed_groups(res) if res.is_dir() else {}
+    if not groups:
+        return lines + ["Every number above is one seed (0); no run has another seed yet "
+                        "(`burn sweep experiments/sweeps/cpu.yaml`).", ""]
+    for group, dirs in groups.items():
+        df = seed_intervals(seed_table(dirs))
+        lines += [f"### {group}", "", "Mean over seeds with the half-width of its 95% t-interval; "
+                  "'removed' counts the seeds where Burn's ASR is at most "
+                  f"{REMOVED_AT:.2f}.", "",
+                  _md(["attack", "measure", "seeds", "values", "mean ± 95% CI", "removed"],
+                      [[attack_label(r.attack), r.measure, r.seeds, r.values,
+                        f"{r.mean:.3f} ± {r.ci95_half:.3f}" if r.n > 1 else f"{r.mean:.3f}",
+                        getattr(r, "removed", "") if isinstance(getattr(r, "removed", ""), str) else ""]
+                       for r in df.itertuples()]), ""]
+    return lines

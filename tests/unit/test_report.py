@@ -32,3 +32,22 @@ def test_a_missing_block_is_an_error_not_a_skip():
         fill_blocks("no markers here", {"claims": "| x |"})
     out = fill_blocks("a\n<!-- report:claims -->\nold\n<!-- /report:claims -->\nb", {"claims": "new"})
     assert out == "a\n<!-- report:claims -->\nnew\n<!-- /report:claims -->\nb"
+
+
+def test_seed_intervals_from_records_under_seeds(tmp_path):
+    from burn.cache import write_json
+    from burn.report import seed_groups, seed_intervals, seed_table
+
+    run = tmp_path / "lf"
+    for seed, (acc, asr) in {0: (0.77, 0.05), 1: (0.75, 0.20), 2: (0.79, 0.02)}.items():
+        d = run if seed == 0 else run / "seeds" / str(seed)
+        write_json(d / "none.json", {"acc": 0.82, "asr": 0.96})
+        write_json(d / "burn.json", {"acc": acc, "asr": asr, "deepfool": {"auroc": 0.8}})
+    write_json(tmp_path / "badnets" / "none.json", {"acc": 0.8, "asr": 0.9})  # one seed: no group
+    assert list(seed_groups(tmp_path)) == ["preset"]
+    df = seed_intervals(seed_table(seed_groups(tmp_path)["preset"]))
+    asr = df[(df.attack == "lf") & (df.measure == "Burn: ASR")].iloc[0]
+    assert asr.n == 3 and asr.seeds == "0 1 2" and asr.removed == "2 of 3"
+    assert asr["mean"] == pytest.approx(0.09)
+    # t(0.975, 2) = 4.303; sd of (0.05, 0.20, 0.02) = 0.0964
+    assert asr.ci95_half == pytest.approx(4.303 * 0.09644 / 3 ** 0.5, rel=1e-3)
