@@ -323,7 +323,8 @@ def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=
     """Fig. 4: ACC and ASR of every (attack, defense) whose results exist, plus the attacked
     model (defense "none"). Runs with non-default options (``<defense>_<tag>.json``: Burn's
     suspect-class selection, FP's and ANP's BackdoorBench test-set rule) are added as defense
-    ``<defense>:<tag>`` with ``opt_in`` true, beside the default, never in its place. Returns
+    ``<defense>:<tag>`` with ``opt_in`` true, beside the default, never in its place. Other
+    seeds' records (``seeds/<n>/``) are rows of their ``seed``. Returns
     the table and the list of missing combinations, which the figure names instead of faking
     them."""
     rows, missing = [], []
@@ -335,13 +336,17 @@ def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=
             files += [(f"{defense}:{f.stem[len(defense) + 1:]}", f, True)
                       for f in sorted(d.glob(f"{defense}_*.json"))]
         for defense, f, opt_in in files:
-            if f.is_file():
-                r = read_json(f)
-                rows.append({"attack": a, "defense": defense, "opt_in": opt_in,
-                             "acc": r["acc"], "asr": r["asr"], "ra": r["ra"]})
-            else:
+            if not f.is_file():
                 missing.append(f"{a}/{defense}")
-    return pd.DataFrame(rows, columns=["attack", "defense", "opt_in", "acc", "asr", "ra"]), missing
+            # seed 0 is the record itself; seed n, where run, is under seeds/<n>/
+            seeds = [(0, f)] + sorted((int(p.parent.name), p) for p in d.glob(f"seeds/*/{f.name}")
+                                      if p.parent.name.isdigit())
+            for seed, path in seeds:
+                if path.is_file():
+                    r = read_json(path)
+                    rows.append({"attack": a, "defense": defense, "opt_in": opt_in, "seed": seed,
+                                 "acc": r["acc"], "asr": r["asr"], "ra": r["ra"]})
+    return pd.DataFrame(rows, columns=["attack", "defense", "opt_in", "seed", "acc", "asr", "ra"]), missing
 
 
 def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 0.1),

@@ -148,7 +148,8 @@ def _defense_label(name: str) -> str:
 
 def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figure:
     """Fig. 4: ACC vs ASR after each defense, one panel per attack (as the paper's); the
-    attacked model is "No defense"; missing runs are named under the figure."""
+    attacked model is "No defense"; other seeds are small points of the defense's colour;
+    missing runs are named under the figure."""
     set_style()
     attacks = list(dict.fromkeys(df["attack"])) or ["-"]
     fig, axes = plt.subplots(1, len(attacks), figsize=(3.3 * len(attacks) + 1.8, 3.4),
@@ -158,10 +159,14 @@ def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figur
     palette = dict(zip(order, sns.color_palette("tab10" if len(order) <= 10 else "tab20",
                                                 len(order))))  # tab10 repeats past 10
     fullest = max(attacks, key=lambda a: (d["attack"] == a).sum())  # its legend names them all
+    seed0 = d["seed"] == 0 if "seed" in d else pd.Series(True, index=d.index)
     for ax, a in zip(axes[0], attacks):
-        sns.scatterplot(d[d["attack"] == a], x="asr", y="acc", hue="defense", hue_order=order,
+        sns.scatterplot(d[(d["attack"] == a) & seed0], x="asr", y="acc", hue="defense", hue_order=order,
                         palette=palette, style="opt_in", style_order=[False, True], s=80, ax=ax,
                         legend=a == fullest)
+        others = d[(d["attack"] == a) & ~seed0]  # other seeds: small points of the same colour
+        ax.scatter(others["asr"], others["acc"], s=14, c=[palette[x] for x in others["defense"]],
+                   alpha=0.7, linewidths=0)
         ax.set(xlim=(-0.04, 1.04), xlabel="ASR (lower is better)", ylabel="clean ACC",
                title=f"{_attack_label(a)} ({dataset})")
     if not df.empty:

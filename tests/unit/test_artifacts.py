@@ -10,12 +10,14 @@ def test_defense_tradeoff_reads_results_and_names_missing(tmp_path):
     write_json(d / "burn.json", {"acc": 0.15, "asr": 0.99, "ra": 0.0})
     write_json(d / "burn_suspect_class.json", {"acc": 0.74, "asr": 0.0002, "ra": 0.81})
     write_json(d / "nad_test_set.json", {"acc": 0.7, "asr": 0.1, "ra": 0.6})  # a named option
+    write_json(d / "seeds" / "1" / "burn.json", {"acc": 0.2, "asr": 0.9, "ra": 0.0})  # another seed
     df, missing = defense_tradeoff("smoke", "synthetic", ["badnets", "blended"], ["burn", "nad"],
                                    results_root=tmp_path)
-    rows = {r.defense: r for r in df.itertuples()}
+    rows = {r.defense: r for r in df.itertuples() if r.seed == 0}
     assert list(rows) == ["none", "burn", "burn:suspect_class", "nad:test_set"]
+    assert df[df.seed == 1][["defense", "acc"]].values.tolist() == [["burn", 0.2]]
     assert rows["nad:test_set"].opt_in
-    assert (rows["burn"].acc, rows["burn"].asr, rows["burn"].opt_in) == (0.15, 0.99, False)
+    assert (rows["burn"].acc, rows["burn"].asr, rows["burn"].opt_in, rows["burn"].seed) == (0.15, 0.99, False, 0)
     assert (rows["burn:suspect_class"].asr, rows["burn:suspect_class"].opt_in) == (0.0002, True)
     assert missing == ["badnets/nad", "blended/none", "blended/burn", "blended/nad"]
 
