@@ -2,6 +2,7 @@
 
     pip install -e '.[bench]'            # foolbox, torchattacks
     python benchmarks/deepfool_cpu.py    # cpu-w16 preset's BadNets model (results/cpu-w16/.../model.pt)
+    python benchmarks/deepfool_cpu.py --preset cpu --out results/benchmarks/deepfool_cpu_<name>.json
     python benchmarks/deepfool_cpu.py --preset smoke --out /tmp/deepfool_smoke.json   # a dry run
 
 The same seeded training samples (``--n-clean`` clean + ``--n-poison`` poisoned) go through every
@@ -25,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from burn.cache import load_torch, write_json
+from burn import keys
+from burn.cache import read_json, write_json
 from burn.config import PROJECT_ROOT, load_preset, to_dict
 from burn.runtime import Runtime
 from burn.deepfool import DeepFoolResult, deepfool
@@ -48,6 +50,16 @@ class Formatted(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(to_model_format(self.model, x))
+
+
+def has_stored_model(cfg, root) -> bool:
+    """Whether the results folder of ``cfg`` holds its attacked model, by the attack stage's
+    key (``burn.keys``), so that ``attacked_model`` loads it instead of training one."""
+    d = results_dir(cfg, root)
+    if not ((d / "model.pt").is_file() and (d / "none.json").is_file()):
+        return False
+    rec = read_json(d / "none.json")
+    return keys.attack_key(cfg, rec["dataset"], tuple(rec.get("key_parts", ()))) == rec["config_hash"]
 
 
 def per_sample_costs(model: nn.Module, x: Tensor, *, batch: int, repeats: int) -> dict:
@@ -209,14 +221,10 @@ def main(argv=None) -> dict:
         root = args.results_root
         if root is None and smoke:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="burn_bench_")))
-        model_path = results_dir(cfg, root) / "model.pt"
-        if not smoke:  # attacked_model would otherwise train one, for tens of minutes
-            saved = load_torch(model_path)["config"] if model_path.is_file() else None
-            if saved is None or any(saved.get(part) != to_dict(getattr(cfg, part))
-                                    for part in ("data", "model", "train", "attack")):
-                sys.exit(f"no trained model for this config at {model_path}: train it first "
-                         f"(burn attack --attack badnets --preset {cfg.preset}); this script "
-                         "does not")
+        if not smoke and not has_stored_model(cfg, root):  # attacked_model would train one
+            sys.exit(f"no trained model for this config at {results_dir(cfg, root)}: train it "
+                     f"first (burn attack --attack badnets --preset {cfg.preset}); this script "
+                     "does not")
         runtime = Runtime(data_root=args.data_root, results_root=root, progress=False)
         run = attacked_model(cfg, runtime)
     model = run.model.eval()

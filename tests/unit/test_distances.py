@@ -2,6 +2,7 @@
 ``deepfool_dataset`` pass, stored in ``deepfool.npz`` under ``burn.keys.distances_key``."""
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -37,6 +38,21 @@ def images() -> torch.Tensor:
     return (x * 255).round().to(torch.uint8)  # batches of 8 in parts of 1 batch: 8, 8, 4
 
 
+def _spy(monkeypatch, stop_after: int | None = None) -> list[int]:
+    """The sizes of the parts computed from now on; once ``stop_after`` are done, the next one
+    raises KeyboardInterrupt (an interrupted run)."""
+    sizes = []
+
+    def spy(model, images, *args, **kw):
+        if stop_after is not None and len(sizes) == stop_after:
+            raise KeyboardInterrupt
+        sizes.append(len(images))
+        return deepfool_dataset(model, images, *args, **kw)
+
+    monkeypatch.setattr(dist, "deepfool_dataset", spy)
+    return sizes
+
+
 def _equal(a: dict, b: dict):
     for name, v in b.items():
         assert torch.equal(a[name], v), name
@@ -45,31 +61,17 @@ def _equal(a: dict, b: dict):
 def test_parts_resume_after_an_interruption_bit_identical(model, images, tmp_path, monkeypatch):
     monkeypatch.setattr(dist, "CHUNK_BATCHES", 1)
     expected = deepfool_dataset(model, images, CFG, batch_size=8, progress=False).tensors()
-    sizes = []
-    real = dist.deepfool_dataset
-
-    def interrupted(m, x, *args, **kw):
-        if sizes:
-            raise KeyboardInterrupt
-        sizes.append(len(x))
-        return real(m, x, *args, **kw)
-
-    monkeypatch.setattr(dist, "deepfool_dataset", interrupted)
+    _spy(monkeypatch, stop_after=1)
     with pytest.raises(KeyboardInterrupt):
         dist.deepfool_in_parts(model, images, CFG, tmp_path, batch_size=8, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part_00000000_00000008.pt"]
 
-    def counting(m, x, *args, **kw):
-        sizes.append(len(x))
-        return real(m, x, *args, **kw)
-
-    monkeypatch.setattr(dist, "deepfool_dataset", counting)
-    sizes.clear()
+    sizes = _spy(monkeypatch)
     r = dist.deepfool_in_parts(model, images, CFG, tmp_path, batch_size=8, progress=False)
     assert sizes == [8, 4]  # only the two missing parts
     _equal(r.tensors(), expected)
 
-    sizes.clear()
+    sizes = _spy(monkeypatch)
     again = dist.deepfool_in_parts(model, images, CFG, tmp_path, batch_size=8, progress=False)
     assert sizes == []
     _equal(again.tensors(), expected)
@@ -94,7 +96,7 @@ class _Run:
     poisoned: _Poisoned
     results_dir: object
     key: str = "m1"
-    cfg: object = field(default_factory=lambda: type("Cfg", (), {"deepfool": CFG})())
+    cfg: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(deepfool=CFG))
     runtime: Runtime = Runtime(device="cpu", deepfool_batch=8, progress=False)
 
 
@@ -103,21 +105,14 @@ def test_boundary_distances_resume_then_store_npz_and_drop_parts(model, images, 
     monkeypatch.setattr(dist, "CHUNK_BATCHES", 1)
     run = _Run(model, _Poisoned(images), tmp_path / "results")
     expected = deepfool_dataset(model, images, CFG, batch_size=8, progress=False).tensors()
-    real, sizes = dist.deepfool_dataset, []
-
-    def interrupted(m, x, *args, **kw):
-        if len(sizes) == 2:
-            raise KeyboardInterrupt
-        sizes.append(len(x))
-        return real(m, x, *args, **kw)
-
-    monkeypatch.setattr(dist, "deepfool_dataset", interrupted)
+    _spy(monkeypatch, stop_after=2)
     with pytest.raises(KeyboardInterrupt):
         dist.boundary_distances(run)
     assert not (run.results_dir / "deepfool.npz").exists()
     parts = cache_dir() / "runs" / "deepfool"
     assert len(list(parts.rglob("part_*.pt"))) == 2
-    sizes.clear()
+
+    sizes = _spy(monkeypatch)
     bd = dist.boundary_distances(run)
     assert sizes == [4]  # the third part only
     assert bd["key"] == keys.distances_key("m1", CFG) == dist.distances_key(run)
@@ -125,7 +120,7 @@ def test_boundary_distances_resume_then_store_npz_and_drop_parts(model, images, 
     _equal({k: bd[k] for k in expected}, expected)
     assert not list(parts.iterdir())  # stored in deepfool.npz: the parts are deleted
 
-    sizes.clear()
+    sizes = _spy(monkeypatch)
     again = dist.boundary_distances(run)
     assert sizes == []
     _equal({k: again[k] for k in expected}, expected)
