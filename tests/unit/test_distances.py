@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_deepfool import synthetic, train_tiny_cnn
+from test_deepfool import one_thread, synthetic, train_tiny_cnn  # noqa: F401 (one_thread: autouse)
 from torch import nn
 
 import burn.distances as dist
@@ -17,14 +17,6 @@ from burn.deepfool import deepfool_dataset
 from burn.runtime import Runtime
 
 CFG = DeepFoolCfg(num_candidates=4, max_iter=20)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
