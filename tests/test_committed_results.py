@@ -11,7 +11,9 @@ import pytest
 from burn import keys
 from burn.attacks import ATTACKS
 from burn.cache import load_npz, load_torch, read_json
-from burn.config import PROJECT_ROOT, BurnCfg, ExperimentCfg, from_dict, load_preset
+from burn.config import PROJECT_ROOT, ExperimentCfg, from_dict, load_preset
+from burn.defense_stage import make_defense
+from burn.defenses import Burn
 from burn.experiment import results_dir
 
 RESULTS = PROJECT_ROOT / "results"
@@ -53,8 +55,8 @@ def test_model_record_hashes_to_its_key(folder):
     if (folder / "unlearning_budget.json").is_file():  # Fig. 6's sweep, seed 0
         dkey = keys.distances_key(key, cfg.deepfool)
         for k, row in read_json(folder / "unlearning_budget.json").items():
-            assert k == keys.unlearning_budget_key(key, dkey, cfg.burn, row["n_poisoned"],
-                                                   row["n_clean"], row["labels"], 0)
+            assert k == keys.unlearning_budget_key(key, dkey, make_defense(cfg, "burn"),
+                                                   row["n_poisoned"], row["n_clean"], row["labels"], 0)
 
 
 @pytest.mark.parametrize("path", BURNS, ids=_id)
@@ -65,10 +67,12 @@ def test_burn_record_hashes_to_its_key(path):
     assert rec["attack_config_hash"] == model["config_hash"]
     dkey = keys.distances_key(model["config_hash"], cfg.deepfool)
     assert rec["deepfool"]["key"] == dkey
-    burn_cfg = from_dict(BurnCfg, rec["config"]["burn"])
-    assert keys.burn_key(burn_cfg, model["config_hash"], dkey) == rec["config_hash"]
+    # Burn's fields: the record's defense_config, or (records written before Burn joined the
+    # registry) the config's burn section, which from_dict reads as defenses.burn
+    burn = from_dict(Burn, rec.get("defense_config", cfg.defenses["burn"]))
+    assert burn.stage_key(model["config_hash"], dkey, "") == rec["config_hash"]
     if path.parent.parent.name == "ablation":  # Table 2's grid point: its folder is its key
-        assert path.parent.name == keys.ablation_key(model["config_hash"], burn_cfg)
+        assert path.parent.name == keys.ablation_key(model["config_hash"], burn)
 
 
 @pytest.mark.parametrize("path", BASELINES, ids=_id)

@@ -30,7 +30,8 @@ import torch
 from burn import keys
 from burn.atomic import atomic_path, write_text
 from burn.cache import load_torch, save_torch
-from burn.config import PROJECT_ROOT, BurnCfg, ExperimentCfg, from_dict
+from burn.config import PROJECT_ROOT, ExperimentCfg, from_dict
+from burn.defenses import Burn
 
 RESULTS = PROJECT_ROOT / "results"
 
@@ -72,7 +73,7 @@ def folder_keys(folder: Path, mapping: dict) -> None:
         mapping[o] = keys.subset_distances_key(nk, cfg.deepfool, index)
     for f in [*folder.glob("burn*.json"), *folder.glob("ablation/*/burn.json")]:
         b = json.loads(f.read_text())
-        bc = from_dict(BurnCfg, b["config"]["burn"])
+        bc = from_dict(Burn, b["config"]["burn"])
         o = keys.burn_key(bc, ok, b["deepfool"]["key"])
         assert o == b["config_hash"] and b["deepfool"]["key"] == odk, f
         mapping[o] = keys.burn_key(bc, nk, ndk)
@@ -81,7 +82,7 @@ def folder_keys(folder: Path, mapping: dict) -> None:
     budget = folder / "unlearning_budget.json"
     if budget.is_file():
         for k, row in json.loads(budget.read_text()).items():
-            bc = from_dict(BurnCfg, old["burn"])
+            bc = from_dict(Burn, old["burn"])
             parts = (row["n_poisoned"], row["n_clean"], row["labels"], 0)
             o = keys.unlearning_budget_key(ok, odk, bc, *parts)
             assert o == k, (budget, k)

@@ -109,7 +109,7 @@ def separation_summary(norms: Tensor, adv_labels: Tensor, poison_mask: Tensor,
             # BackdoorBench's pool, target-class images carry the trigger under their own label
             mislabeled = given_labels != original_labels
             out[f"{key}_mislabeled_precision"] = float(mislabeled[top].float().mean())
-            # the opt-in repair (BurnCfg.selection="suspect_class"): the same number of samples,
+            # the opt-in repair (Burn.selection="suspect_class"): the same number of samples,
             # drawn from the given label with the largest median distance only
             sc = suspect_class(norms, given_labels)
             in_class = given_labels == sc

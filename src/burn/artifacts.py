@@ -23,8 +23,8 @@ from .cache import config_hash, load_npz, read_json, save_npz
 from .config import PROJECT_ROOT, load_preset
 from .data import dataset_spec
 from .deepfool import deepfool
-from .defense_stage import burn_run, matching_record
-from .defenses.burn import Burn, finetune
+from .defense_stage import defense_run, make_defense, matching_record
+from .defenses.burn import finetune
 from .distances import boundary_distances, subset_distances
 from .experiment import AttackRun, attacked_model, results_dir
 from .metrics import evaluate
@@ -290,7 +290,7 @@ def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200
     change, or an interruption) recomputes only the missing budgets."""
     bd = boundary_distances(run)
     p = run.poisoned
-    cfg = run.cfg.burn
+    cfg = make_defense(run.cfg, "burn")  # Burn's fine-tuning settings
     store = run.results_dir / "unlearning_budget.json"
     g = torch.Generator().manual_seed(seed)
     pois = p.poison_idx[torch.randperm(len(p.poison_idx), generator=g)]
@@ -357,14 +357,13 @@ def ablation(run: AttackRun, *, alphas=(0.005, 0.01, 0.02), betas=(0.025, 0.05, 
     ``<results>/ablation/`` and reused."""
     rows = []
     grid = [("alpha", a, fixed_beta) for a in alphas] + [("beta", fixed_alpha, b) for b in betas]
+    preset_burn = make_defense(run.cfg, "burn")
     for varied, a, b in grid:
-        burn_cfg = replace(run.cfg.burn, alpha_start=a / 2, alpha_end=a, beta_start=b / 2, beta_end=b)
-        cfg = replace(run.cfg, burn=burn_cfg)
-        out = run.results_dir / "ablation" / keys.ablation_key(run.key, burn_cfg)
-        rec = matching_record([out / "burn.json", run.results_dir / "burn.json"], run.key,
-                              Burn(cfg=burn_cfg), run)
+        burn = replace(preset_burn, alpha_start=a / 2, alpha_end=a, beta_start=b / 2, beta_end=b)
+        out = run.results_dir / "ablation" / keys.ablation_key(run.key, burn)
+        rec = matching_record([out / "burn.json", run.results_dir / "burn.json"], run.key, burn, run)
         if rec is None:
-            rec = burn_run(replace(run, cfg=cfg), out_dir=out)
+            rec = defense_run(run, "burn", defense=burn, out_dir=out)
         rows.append({"attack": run.cfg.attack.name, "varied": varied, "alpha": a, "beta": b,
                      "acc": rec["acc"], "asr": rec["asr"], "ra": rec["ra"],
                      "precision_final": rec["report"]["iterations"][-1].get("precision")})

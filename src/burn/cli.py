@@ -13,7 +13,7 @@ import yaml
 from .atomic import NotWritableError, write_if_changed
 from .attacks import ATTACKS
 from .cache import DamagedFileError
-from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset
+from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset, moved
 from .data import DatasetNotFoundError
 from .defenses import DEFENSES
 from .experiment import ResultsConflictError
@@ -26,8 +26,9 @@ EPILOG = """examples:
       override any preset value with --set section.key=value
   burn defend --attack badnets --dataset cifar10 --preset cpu
       DeepFool distances + Burn on that model; writes burn.json with the per-iteration report
-  burn defend --attack badnets --set burn.lr=1e-3 --set burn.divergence=js --tag lr1e-3-js
+  burn defend --attack badnets --set defenses.burn.lr=1e-3 --set defenses.burn.divergence=js --tag lr1e-3-js
       any Burn parameter (docs/method.md) can be changed the same way, under a --tag name
+      (burn.KEY=VALUE, the former spelling, is read as defenses.burn.KEY=VALUE)
   burn defend --attack badnets --defense nad
       a baseline (fp, nad, anp, ibau, ftsam, sau) with 5% clean training data; writes nad.json
   burn defend --attack badnets --defense fp --set defenses.fp.selection=test_set --tag test_set
@@ -94,7 +95,7 @@ def _runtime(args) -> Runtime:
 def _overrides(args, drop: str = "") -> dict:
     """The --set / --dataset / --attack / --variant overrides; ``drop``: a dotted section to
     leave out (e.g. ``defenses.fp``), for the preset's own settings of that section."""
-    overrides = _parse_set(args.set)
+    overrides = moved(_parse_set(args.set))
     if drop:
         *parents, last = drop.split(".")
         node = overrides
@@ -156,7 +157,7 @@ def cmd_defend(args) -> int:
 
     cfg = _config(args)
     name = args.defense
-    section = "burn" if name == "burn" else f"defenses.{name}"
+    section = f"defenses.{name}"
     base = load_preset(args.preset, _overrides(args, drop=section))
     defense = make_defense(cfg, name)  # unknown names and fields fail here, before any data loads
     if defense != make_defense(base, name) and not args.tag:
@@ -166,27 +167,16 @@ def cmd_defend(args) -> int:
     run = attacked_model(cfg, _runtime(args))
     r = defense_run(run, name, defense=defense, tag=args.tag or "", rerun=args.rerun)
     b = r["before"]
-    desc = f"Burn, {cfg.burn.iterations} iterations" if name == "burn" else repr(defense)
-    print(f"{r['dataset']} | {cfg.attack.name} | {desc}")
+    print(f"{r['dataset']} | {cfg.attack.name} | {defense!r}")
     print(f"before: ACC {b['acc']:.4f}  ASR {b['asr']:.4f}  RA {b['ra']:.4f}")
-    if name == "burn":
-        _print_burn_iterations(r)
-    else:
-        print("  " + ", ".join(f"{k} {v}" for k, v in r["report"].items()
-                               if isinstance(v, (int, float, str)))[:400])
+    for line in defense.summary_lines(r["report"]):
+        print("  " + line)
     print(f"after:  ACC {r['acc']:.4f}  ASR {r['asr']:.4f}  RA {r['ra']:.4f}")
     when = "computed now" if r.get("_computed_now") else _stored_at(r)
     distances = f"DeepFool {r['deepfool']['wall_s']:.0f} s, " if "deepfool" in r else ""
     print(f"    {distances}{name} {r['wall_s']:.0f} s ({when}); record: "
           f"{run.results_dir / ((f'{name}_{args.tag}' if args.tag else name) + '.json')}")
     return 0
-
-
-def _print_burn_iterations(r: dict) -> None:
-    for it in r["report"]["iterations"]:
-        print(f"  t={it['t']}: |P|={it['n_poison_set']} precision {it.get('precision', float('nan')):.3f} "
-              f"recall {it.get('recall', float('nan')):.3f} poisoned-in-C {it.get('poisoned_in_clean_set')} "
-              f"-> ACC {it['acc']:.4f} ASR {it['asr']:.4f} RA {it['ra']:.4f}")
 
 
 def cmd_regime(args) -> int:
@@ -273,10 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="defense to run (default: burn; the baselines get 5%% of the training set "
                         "as clean data)")
     p.add_argument("--tag", help="name for a run with non-default options of the defense "
-                                 "(--set burn.* / --set defenses.NAME.*): writes NAME_<tag>.json "
+                                 "(--set defenses.NAME.*): writes NAME_<tag>.json "
                                  "beside NAME.json")
     p.add_argument("--rerun", action="store_true",
-                   help="run Burn even if a record of this model and config is stored")
+                   help="run the defense even if a record of this model and config is stored")
     p.set_defaults(func=cmd_defend)
 
     p = sub.add_parser("regime", help="the regime study: which training regime makes Burn's selection work",

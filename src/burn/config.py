@@ -95,44 +95,6 @@ class DeepFoolCfg:
 
 
 @dataclass(frozen=True)
-class BurnCfg:
-    """Every number of Burn (docs/method.md). Fractions are of the whole training set ``D``."""
-
-    iterations: int = field(default=5, metadata=NONNEG)  # T
-    alpha_start: float = field(default=0.005, metadata=FRACTION)
-    alpha_end: float = field(default=0.01, metadata=FRACTION)
-    beta_start: float = field(default=0.025, metadata=FRACTION)
-    beta_end: float = field(default=0.05, metadata=FRACTION)
-    epochs: int = field(default=5, metadata=POSITIVE)
-    lr: float = field(default=1e-4, metadata=POSITIVE)
-    batch_size: int = field(default=128, metadata=POSITIVE)
-    augment: bool = True
-    divergence: str = field(default="kl", metadata=choices("kl", "js", "l2"))
-    # How P_t is drawn. "global" (the paper, the default): the top alpha_t of all of D by score.
-    # "suspect_class" (opt-in repair, not the paper): estimate the target as the given label
-    # whose samples have the largest median distance, and draw P_t from that class only.
-    # "random" (the control, not a defense): P_t is a seeded uniform draw of the same size from
-    # all of D, redrawn each iteration; everything else as "global". It measures what the
-    # ranking adds over relabeling any alpha_t of D with their adversarial labels.
-    # "spread_class" (opt-in repair, not the paper): the suspect class is the given label whose
-    # samples' adversarial labels are most spread (entropy): a poisoned sample's adversarial
-    # label falls back to its true class, any of the others. Burn acts only when that class
-    # leads the next by ``min_spread_gap`` nats, and otherwise returns the model unchanged.
-    selection: str = field(default="global",
-                           metadata=choices("global", "suspect_class", "random", "spread_class"))
-    min_spread_gap: float = field(default=0.07, metadata={**OMIT_AT_DEFAULT, "check": "nonneg"})
-    # Opt-in (not the paper): phase 1 also fine-tunes on the bottom beta_0 of D by distance with
-    # their given labels, as phase 2 does; the spec's phase 1 trains on P_0 alone. Measured with
-    # the suspect-class selection it raises ACC after phase 1 (BadNets 0.702 -> 0.769) but not
-    # the final ACC (0.742 against 0.739); see docs/findings.md.
-    phase1_clean_set: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
-    # lambda_t rises linearly from 0 to lambda_end at t = T. The paper's 1.0 makes the last
-    # iteration rank by prediction divergence alone; 0.5 keeps half the distance term there.
-    lambda_end: float = field(default=1.0, metadata={**OMIT_AT_DEFAULT, "check": "fraction"})
-    seed: int = 0
-
-
-@dataclass(frozen=True)
 class ExperimentCfg:
     preset: str = "paper"
     # A named variant of the preset (e.g. a regime of the regime study): its results go to
@@ -140,18 +102,18 @@ class ExperimentCfg:
     variant: str = ""
     # The run's one seed (``--seed N``): it drives every random choice of the run (poison
     # indices, initialization, data order, augmentation, the defender's clean subset, Burn's
-    # and the baselines' shuffles) by setting ``train.seed``, ``burn.seed`` and each defense's
-    # ``seed``. Seed 0 is the committed results' (their keys are unchanged); another seed's
-    # results go to ``<attack>/[variants/<variant>/]seeds/<n>/``.
+    # and the baselines' shuffles) by setting ``train.seed`` and each defense's ``seed``. Seed 0
+    # is the committed results' (their keys are unchanged); another seed's results go to
+    # ``<attack>/[variants/<variant>/]seeds/<n>/``.
     seed: int = field(default=0, metadata=NONNEG)
     data: DataCfg = DataCfg()
     model: ModelCfg = ModelCfg()
     train: TrainCfg = TrainCfg()
     attack: AttackCfg = AttackCfg()
     deepfool: DeepFoolCfg = DeepFoolCfg()
-    burn: BurnCfg = BurnCfg()
-    # settings of the baseline defenses by name (``burn.defenses.DEFENSES``), e.g.
-    # ``{fp: {epochs: 20}}``: fields of that defense's dataclass; unset ones keep its defaults
+    # settings of the defenses by name (``burn.defenses.DEFENSES``: Burn and its baselines),
+    # e.g. ``{burn: {iterations: 5}, fp: {epochs: 20}}``: fields of that defense's dataclass;
+    # unset ones keep its defaults (``burn.defense_stage.make_defense`` reads them)
     defenses: dict = field(default_factory=dict, metadata=OMIT_AT_DEFAULT)
 
 
@@ -159,9 +121,30 @@ class ConfigError(ValueError):
     """A preset or override names a key or value the schema does not have."""
 
 
+# Sections of an earlier schema and their place now: records written before Burn joined the
+# defenses' registry, and ``--set burn.KEY=VALUE``, hold Burn's settings as ``burn``.
+MOVED = {"burn": ("defenses", "burn")}
+
+
+def moved(raw: dict | None) -> dict:
+    """``raw`` (a preset, overrides or a record's config) with the sections of ``MOVED`` at
+    their place now; a key set at both places takes the value of the place now."""
+    out = dict(raw or {})
+    for old, (section, name) in MOVED.items():
+        if old not in out:
+            continue
+        earlier, inner = out.pop(old), dict(out.get(section) or {})
+        if not isinstance(earlier, dict) or not isinstance(inner.get(name, {}), dict):
+            raise ConfigError(f"{section}.{name} is a section, not a value: set its keys "
+                              f"({section}.{name}.KEY=VALUE)")
+        inner[name] = {**earlier, **inner.get(name, {})}
+        out[section] = inner
+    return out
+
+
 def from_dict(cls, data: dict[str, Any] | None, *, where: str = ""):
     """Build dataclass ``cls`` from ``data``; nested dataclasses recurse; unknown keys raise."""
-    data = dict(data or {})
+    data = moved(data) if cls is ExperimentCfg else dict(data or {})
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
@@ -267,29 +250,44 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Experimen
     # to the attack finally chosen (an attack's own costs sized per preset).
     per_dataset = raw.pop("dataset_overrides", {}) or {}
     per_attack = raw.pop("attack_overrides", {}) or {}
-    raw = _deep_merge(raw, overrides or {})
+    raw, overrides = moved(raw), moved(overrides)
+    raw = _deep_merge(raw, overrides)
     dataset = raw.get("data", {}).get("dataset", DataCfg.dataset)
     attack = raw.get("attack", {}).get("name", AttackCfg.name)
     for extra in (per_dataset.get(dataset), per_attack.get(attack)):
         if extra:
-            raw = _deep_merge(_deep_merge(raw, extra), overrides or {})
+            raw = _deep_merge(_deep_merge(raw, moved(extra)), overrides)
     try:
-        return with_seed(from_dict(ExperimentCfg, raw))
+        return with_seed(check_defenses(from_dict(ExperimentCfg, raw)))
     except ConfigError as e:
         raise ConfigError(f"{e} (preset {path.name}{' with --set' if overrides else ''})") from None
 
 
+def check_defenses(cfg: ExperimentCfg) -> ExperimentCfg:
+    """``cfg``, once each ``defenses.<name>`` names a defense of the registry and holds only
+    its fields, with values of their types: a typo fails at load, whatever the command."""
+    from .defenses import DEFENSES  # imported here: the defenses import this module
+
+    for name, settings in cfg.defenses.items():
+        if name not in DEFENSES:
+            raise ConfigError(f"unknown defense defenses.{name}; allowed: {sorted(DEFENSES)}")
+        if not isinstance(settings, dict):
+            raise ConfigError(f"defenses.{name} is a section, not a value: set its keys "
+                              f"(defenses.{name}.KEY=VALUE)")
+        from_dict(DEFENSES[name], settings, where=f"defenses.{name}")
+    return cfg
+
+
 def with_seed(cfg: ExperimentCfg) -> ExperimentCfg:
-    """``cfg`` with its run seed written into ``train.seed`` and ``burn.seed`` (the defenses
-    read it in ``burn.defense_stage``). A section seed set apart from the run seed is refused:
+    """``cfg`` with its run seed written into ``train.seed`` (the defenses read it in
+    ``burn.defense_stage.make_defense``). A section seed set apart from the run seed is refused:
     one integer drives a run."""
     if cfg.seed == 0:
         return cfg
-    for name, section in (("train", cfg.train), ("burn", cfg.burn)):
-        if section.seed not in (0, cfg.seed):
-            raise ConfigError(f"{name}.seed={section.seed} differs from the run's seed {cfg.seed}: "
-                              "set the seed once, with --seed N")
-    return replace(cfg, train=replace(cfg.train, seed=cfg.seed), burn=replace(cfg.burn, seed=cfg.seed))
+    if cfg.train.seed not in (0, cfg.seed):
+        raise ConfigError(f"train.seed={cfg.train.seed} differs from the run's seed {cfg.seed}: "
+                          "set the seed once, with --seed N")
+    return replace(cfg, train=replace(cfg.train, seed=cfg.seed))
 
 
 def replace(cfg, **changes):

@@ -33,12 +33,10 @@ CLEAN_SEED = 0
 
 
 def make_defense(cfg: ExperimentCfg, name: str) -> Defense:
-    """The defense ``name`` with the preset's settings (``burn`` section for Burn,
-    ``defenses.<name>`` for the others)."""
+    """The defense ``name`` with the preset's settings (``defenses.<name>``) and the run's
+    seed."""
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; choose one of {sorted(DEFENSES)}")
-    if name == "burn":
-        return DEFENSES["burn"](cfg=cfg.burn)
     settings = dict(cfg.defenses.get(name, {}))
     if cfg.seed and settings.get("seed", 0) not in (0, cfg.seed):
         raise ValueError(f"defenses.{name}.seed={settings['seed']} differs from the run's seed "
@@ -116,10 +114,8 @@ def _defend(run: AttackRun, defense: Defense, path) -> dict:
     if defense.needs_clean_data:
         record["clean_subset"] = {"ratio": CLEAN_RATIO, "seed": run.cfg.seed,
                                   "n": len(data.clean_index), "index": data.clean_index.tolist()}
-    if defense.name != "burn":  # Burn's settings are the config's burn section
-        record["defense_config"] = dataclasses.asdict(defense)
-    return {**record, "report": report, "attack_config_hash": run.key, "config": to_dict(run.cfg),
-            **provenance(run.runtime)}
+    return {**record, "defense_config": dataclasses.asdict(defense), "report": report,
+            "attack_config_hash": run.key, "config": to_dict(run.cfg), **provenance(run.runtime)}
 
 
 def _distances_summary(run: AttackRun, bd: dict) -> dict:
@@ -143,9 +139,3 @@ def matching_record(paths, attack_key: str, defense: Defense, run: AttackRun) ->
             if rec.get("attack_config_hash") == attack_key and rec.get("config_hash") == key:
                 return rec
     return None
-
-
-def burn_run(run: AttackRun, *, out_dir=None, tag: str = "", rerun: bool = False) -> dict:
-    """Burn with the preset's ``burn`` settings on ``run`` (``defense_run`` for ``burn``);
-    ``out_dir``: another folder for the record (Table 2's grid)."""
-    return defense_run(run, "burn", tag=tag, out_dir=out_dir, rerun=rerun)

@@ -139,7 +139,7 @@ def regime_study(path, runtime, *, run: bool = False, include_gpu: bool = False,
                  only: list[str] | None = None) -> pd.DataFrame:
     """With ``run``, train / DeepFool / Burn each selected regime that lacks results (each
     stage resumes from its cache); always return the table of what exists."""
-    from .defense_stage import burn_run
+    from .defense_stage import defense_run
     from .experiment import attack_by_class, attacked_model
 
     preset, attack, regimes = load_regimes(path)
@@ -150,7 +150,7 @@ def regime_study(path, runtime, *, run: bool = False, include_gpu: bool = False,
         if run and selected:
             r = attacked_model(cfg, runtime)
             attack_by_class(r)  # asr_by_class.csv beside none.json: where the trigger loses
-            burn_run(r)
+            defense_run(r, "burn")
         rows.append(regime_row(cfg, regime, runtime.results_root) | fit_row(cfg, runtime)
                     | tail_overlap_row(cfg, runtime))
     return pd.DataFrame(rows)

@@ -6,6 +6,20 @@ from burn.data import ImageDataset
 from burn.defenses.base import DefenderData
 from burn.models import create_model
 
+# Tiny settings of each registered defense, a few seconds a run on ``random_data``; a defense
+# not named here runs with its defaults.
+FAST = {
+    "burn": {"iterations": 2, "epochs": 1, "batch_size": 32, "alpha_start": 0.05, "alpha_end": 0.1,
+             "beta_start": 0.1, "beta_end": 0.2},
+    "fp": {"epochs": 1, "batch_size": 64},
+    "nad": {"teacher_epochs": 1, "epochs": 1, "batch_size": 64},
+    # a large mask learning rate, so that a few iterations on an untrained model move the masks
+    "anp": {"iterations": 4, "batch_size": 32, "mask_lr": 5.0, "log_every": 2},
+    "ibau": {"rounds": 2, "fixed_point_steps": 3, "batch_size": 64, "patch_share": 0.05},
+    "ftsam": {"epochs": 1, "batch_size": 64},
+    "sau": {"epochs": 2, "batch_size": 64, "pgd_steps": 3},
+}
+
 
 def random_data(n: int = 200) -> DefenderData:
     """``n`` random uint8 images, labels 0-9 in turn, as both training and clean data."""

@@ -28,9 +28,10 @@ def test_ablation_reuses_the_default_burn_run(tmp_path):
 
     from burn.artifacts import ablation
     from burn.config import load_preset, to_dict
+    from burn.defense_stage import make_defense
 
     cfg = load_preset("smoke")
-    b = cfg.burn
+    b = make_defense(cfg, "burn")
     assert (b.alpha_start, b.beta_start) == (b.alpha_end / 2, b.beta_end / 2)
     from burn.distances import distances_key
     from burn.keys import burn_key

@@ -70,7 +70,8 @@ def test_one_seed_drives_the_run_and_seed_zero_keeps_every_key():
     assert attack_key(base, "C") == attack_key(zero, "C") != attack_key(one, "C")
     assert results_dir(zero) == results_dir(base)
     assert results_dir(one) == results_dir(base) / "seeds" / "1"
-    assert one.train.seed == one.burn.seed == 1 and base.train.seed == base.burn.seed == 0
+    assert one.train.seed == make_defense(one, "burn").seed == 1
+    assert base.train.seed == make_defense(base, "burn").seed == 0
     assert make_defense(one, "sau").seed == 1 and make_defense(base, "sau") == make_defense(zero, "sau")
     with pytest.raises(ConfigError, match="set the seed once"):
         load_preset("cpu", {"seed": 1, "train": {"seed": 2}})

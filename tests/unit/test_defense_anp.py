@@ -1,8 +1,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from defense_fixtures import FAST as _FAST
 from defense_fixtures import random_data as _data
-from defense_fixtures import state as _state
 from defense_fixtures import tiny_model as _model
 
 import burn.defenses.anp as anp_mod
@@ -15,8 +15,7 @@ from burn.defenses.anp import (
     thresholds,
 )
 
-# a large mask learning rate so that a few iterations on an untrained model move the masks
-FAST = {"iterations": 4, "batch_size": 32, "mask_lr": 5.0, "log_every": 2}
+FAST = _FAST["anp"]
 
 
 def _zero_bn_weights(m):
@@ -29,10 +28,9 @@ def _no_evaluate(m):
 
 @pytest.fixture(scope="module")
 def default_run():
-    model, data = _model(), _data()
-    before = _state(model)
-    purified, report = ANP(**FAST)(model, data, evaluate=_no_evaluate)
-    return model, before, purified, report
+    model = _model()
+    purified, report = ANP(**FAST)(model, _data(), evaluate=_no_evaluate)
+    return model, purified, report
 
 
 def test_threshold_grid_is_backdoorbenchs():
@@ -103,11 +101,8 @@ def test_prune_by_threshold_zeroes_bn_weights_at_or_below_it():
     assert prune_by_threshold(model, masks, None)[1] == 0
 
 
-def test_held_out_run_prunes_reports_and_leaves_callers_model(default_run):
-    model, before, purified, report = default_run
-    for k, v in model.state_dict().items():  # running statistics included
-        assert torch.equal(v, before[k]), k
-    assert type(purified) is type(model) and not purified.training
+def test_held_out_run_prunes_and_reports(default_run):
+    model, purified, report = default_run
     for key in ("config", "log", "threshold", "n_pruned", "n_neurons", "curve", "mask_values",
                 "pruned_per_layer", "n_fit", "n_held_out", "wall_s"):
         assert key in report
@@ -123,7 +118,6 @@ def test_held_out_run_prunes_reports_and_leaves_callers_model(default_run):
     assert report["threshold"] == 0.9 and report["n_pruned"] > 0
     assert _zero_bn_weights(purified) == report["n_pruned"]
     assert report["n_pruned"] == sum(report["pruned_per_layer"].values())
-    assert any(not torch.equal(v, before[k]) for k, v in purified.state_dict().items())
 
 
 def test_held_out_rule_stops_before_the_first_failing_threshold(monkeypatch):
@@ -149,14 +143,6 @@ def test_test_set_rule_takes_lowest_asr_within_the_acc_tolerance():
     ok = [r for r in report["curve"][1:] if r["n_pruned"] <= 30]
     best = min(ok, key=lambda r: (r["asr"], r["threshold"]))
     assert report["threshold"] == best["threshold"] and 0 < report["n_pruned"] <= 30
-
-
-def test_same_seed_same_weights(default_run):
-    _, _, purified, report = default_run
-    again, report2 = ANP(**FAST)(_model(), _data())
-    assert report2["mask_values"] == report["mask_values"]
-    for k, v in purified.state_dict().items():
-        assert torch.equal(v, again.state_dict()[k]), k
 
 
 def test_bad_selection_is_refused():

@@ -1,7 +1,7 @@
 import pytest
 import torch
+from defense_fixtures import FAST
 from defense_fixtures import random_data as _data
-from defense_fixtures import state as _state
 from defense_fixtures import tiny_model as _model
 
 from burn.defenses.fp import (
@@ -10,8 +10,6 @@ from burn.defenses.fp import (
     prune_counts,
     within_tolerance,
 )
-
-FAST = {"epochs": 1, "batch_size": 64}
 
 
 def _zero_columns(m):
@@ -24,10 +22,7 @@ def _no_evaluate(m):
 
 @pytest.fixture(scope="module")
 def default_run():
-    model, data = _model(), _data()
-    before = _state(model)
-    purified, report = FinePruning(**FAST)(model, data, evaluate=_no_evaluate)
-    return model, before, purified, report
+    return FinePruning(**FAST["fp"])(_model(), _data(), evaluate=_no_evaluate)
 
 
 def test_schedule_and_tolerance_follow_backdoorbench():
@@ -48,12 +43,8 @@ def test_mean_activation_is_the_mean_of_the_linear_layers_input():
     torch.testing.assert_close(act, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_held_out_run_prunes_lowest_channels_finetunes_and_leaves_callers_model(default_run):
-    model, before, purified, report = default_run
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
-    assert type(purified) is type(model) and not purified.training
-    assert any(not torch.equal(v, before[k]) for k, v in purified.state_dict().items())
+def test_held_out_run_prunes_lowest_channels_and_finetunes(default_run):
+    purified, report = default_run
     for key in ("config", "n_channels", "step", "activation", "order", "prune_curve",
                 "n_pruned", "pruned_channels", "epochs", "wall_s"):
         assert key in report
@@ -80,7 +71,7 @@ def test_test_set_rule_uses_evaluate_and_stops_at_first_failure():
         return {"acc": 0.9 if k < 5 else 0.5, "asr": 1.0, "ra": 0.0}
 
     model, data = _model(), _data()
-    purified, report = FinePruning(selection="test_set", **FAST)(model, data, evaluate=evaluate)
+    purified, report = FinePruning(selection="test_set", **FAST["fp"])(model, data, evaluate=evaluate)
     assert calls[:6] == [0, 1, 2, 3, 4, 5]  # one call per step until the first failure
     assert report["n_pruned"] == 4 and len(report["prune_curve"]) == 6
     assert report["n_fit"] == 200 and report["n_held_out"] == 0
@@ -97,13 +88,6 @@ def test_eval_every_reports_test_metrics_per_epoch():
     fp = FinePruning(epochs=2, batch_size=64, eval_every=1)
     _, report = fp(_model(), _data(), evaluate=evaluate)
     assert calls == [False, False] and report["epochs"][1]["acc"] == 0.5
-
-
-def test_same_seed_same_weights(default_run):
-    _, _, purified, _ = default_run
-    again, _ = FinePruning(**FAST)(_model(), _data())
-    for k, v in purified.state_dict().items():
-        assert torch.equal(v, again.state_dict()[k]), k
 
 
 def test_bad_selection_is_refused():

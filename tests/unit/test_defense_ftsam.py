@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from defense_fixtures import FAST as _FAST
 from defense_fixtures import random_data, tiny_model
-from defense_fixtures import state as _state
 
 from burn.defenses.ftsam import FTSAM, sam_perturbation, sam_step, smooth_cross_entropy
 
@@ -13,7 +13,7 @@ def _setup(n=200):
     return tiny_model(), random_data(n)
 
 
-FAST = FTSAM(epochs=1, batch_size=64)
+FAST = FTSAM(**_FAST["ftsam"])
 
 
 def _batch(n=16):
@@ -81,14 +81,8 @@ def test_sam_step_restores_the_weights_exactly():
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
-def test_ftsam_purifies_a_copy_and_reports():
-    model, data = _setup()
-    before = _state(model)
-    purified, report = FAST(model, data)
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert type(purified) is type(model) and not purified.training
-    assert any(not torch.equal(before[k], v) for k, v in purified.state_dict().items())
+def test_ftsam_reports_its_epochs():
+    _, report = FAST(*_setup())
     row = report["epochs"][0]
     assert set(row) >= {"epoch", "loss", "train_acc", "lr_end", "epoch_s"}
     assert row["loss"] > 0 and 0 <= row["train_acc"] <= 1
@@ -102,7 +96,7 @@ def test_cosine_schedule_is_stepped_per_batch():
     assert report["epochs"][1]["lr_end"] == pytest.approx(0.01)
 
 
-def test_ftsam_is_deterministic_and_evaluate_is_opt_in():
+def test_ftsam_evaluate_is_opt_in():
     model, data = _setup()
     calls = []
 
@@ -110,9 +104,7 @@ def test_ftsam_is_deterministic_and_evaluate_is_opt_in():
         calls.append(m.training)
         return {"acc": 0.5, "asr": 0.25, "ra": 0.125}
 
-    a, _ = FAST(model, data, evaluate=evaluate)
+    FAST(model, data, evaluate=evaluate)
     assert calls == []
-    b, report = FTSAM(epochs=1, batch_size=64, eval_every=1)(model, data, evaluate=evaluate)
+    _, report = FTSAM(**_FAST["ftsam"], eval_every=1)(model, data, evaluate=evaluate)
     assert len(calls) == 2 and report["epochs"][0]["asr"] == 0.25 and "before" in report
-    sa, sb = a.state_dict(), b.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)

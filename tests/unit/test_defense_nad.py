@@ -1,7 +1,7 @@
 import pytest
 import torch
+from defense_fixtures import FAST as _FAST
 from defense_fixtures import random_data, tiny_model
-from defense_fixtures import state as _state
 
 from burn.defenses.nad import NAD, at_loss, attention_map, capture_outputs, stage_ends
 from burn.models import create_model
@@ -11,7 +11,7 @@ def _setup(n=200):
     return tiny_model(), random_data(n)
 
 
-FAST = NAD(teacher_epochs=1, epochs=1, batch_size=64)
+FAST = NAD(**_FAST["nad"])
 
 
 def test_stage_ends_are_layer1_to_layer4():
@@ -42,15 +42,10 @@ def test_capture_outputs_sees_layer3_and_layer4_and_cleans_up():
     assert not any(m._forward_hooks for m in model.modules())
 
 
-def test_nad_purifies_a_copy_and_reports():
+def test_nad_reports_and_leaves_no_hooks():
     model, data = _setup()
-    before = _state(model)
     purified, report = FAST(model, data)
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)  # caller's model untouched
-    assert type(purified) is type(model) and not purified.training
     assert not any(m._forward_hooks for m in purified.modules())
-    assert any(not torch.equal(before[k], v) for k, v in purified.state_dict().items())
     assert all(p.requires_grad for p in purified.parameters())
     assert [r["epoch"] for r in report["teacher_epochs"]] == [1]
     row = report["student_epochs"][0]
@@ -62,13 +57,11 @@ def test_nad_purifies_a_copy_and_reports():
     assert report["teacher_s"] > 0 and report["student_s"] > 0 and report["wall_s"] > 0
 
 
-def test_nad_is_deterministic_and_the_distillation_changes_the_result():
+def test_the_distillation_changes_the_result():
     model, data = _setup()
     a, _ = FAST(model, data)
-    b, _ = FAST(model, data)
-    c, _ = NAD(teacher_epochs=1, epochs=1, batch_size=64, beta_layer3=0.0, beta_layer4=0.0)(model, data)
-    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    c, _ = NAD(**{**_FAST["nad"], "beta_layer3": 0.0, "beta_layer4": 0.0})(model, data)
+    sa, sc = a.state_dict(), c.state_dict()
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
 
 

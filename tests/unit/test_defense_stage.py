@@ -1,12 +1,11 @@
 """The generic defense stage: the defender's clean subset, records, reuse, Burn's keys."""
 
+import pytest
 import torch
 
 from burn.config import load_preset
 from burn.defense_stage import clean_subset, defense_key, defense_run, make_defense
 from burn.defenses import DEFENSES
-from burn.distances import distances_key
-from burn.keys import burn_key
 from burn.experiment import attacked_model
 from burn.runtime import Runtime
 
@@ -38,9 +37,26 @@ def test_a_baseline_writes_its_record_and_reuses_it(tmp_path):
     assert defense_run(run, "nad") == rec  # stored: nothing recomputed
 
 
-def test_burn_keeps_the_key_of_its_committed_records(tmp_path):
-    run = _run(tmp_path)
-    burn = make_defense(run.cfg, "burn")
-    assert defense_key(run, burn) == burn_key(run.cfg.burn, run.key, distances_key(run))
+# Burn's keys as the former ``BurnCfg`` section gave them: config_hash("burn", "attack-key",
+# "deepfool-key", BurnCfg(**settings)), computed with that class before Burn's settings became
+# its fields: the default and the committed opt-ins (lambda_end 0.5, the suspect-class
+# selection), the random control and a seed other than 0.
+FORMER_BURN_KEYS = [({}, "706b10f994ce"), ({"lambda_end": 0.5}, "1c62d2a2f4be"),
+                    ({"selection": "suspect_class"}, "3c7483400946"),
+                    ({"selection": "random"}, "f1b6f382215a"), ({"seed": 1}, "4988874ee96a")]
+
+
+@pytest.mark.parametrize("settings, key", FORMER_BURN_KEYS)
+def test_burn_keeps_the_key_of_its_committed_records(settings, key):
+    cfg = load_preset("cpu", {"defenses": {"burn": settings}})
+    burn = make_defense(cfg, "burn")
+    assert burn == DEFENSES["burn"](**settings)  # the cpu preset sets Burn's defaults
+    assert burn.stage_key("attack-key", "deepfool-key", "clean-key") == key
+    # the former spelling of the section (records written before, --set burn.KEY=VALUE)
+    assert make_defense(load_preset("cpu", {"burn": settings}), "burn") == burn
+
+
+def test_burn_is_the_registrys_one_distance_defense():
     assert set(DEFENSES) == {"burn", "fp", "nad", "anp", "ibau", "ftsam", "sau"}
-    assert all(DEFENSES[d].needs_clean_data for d in DEFENSES if d != "burn")
+    assert [d for d in DEFENSES if DEFENSES[d].needs_distances] == ["burn"]
+    assert [d for d in DEFENSES if not DEFENSES[d].needs_clean_data] == ["burn"]

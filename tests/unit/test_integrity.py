@@ -131,7 +131,9 @@ def test_defend_refuses_a_non_default_config_without_a_tag(smoke_results, capsys
     ("model.width=-1", "model.width must be > 0, got -1"),
     ("train.augment=maybe", "train.augment must be true or false, got 'maybe'"),
     ("attack.rate=1.5", "attack.rate must be a fraction in [0, 1], got 1.5"),
-    ("burn.divergence=kld", "burn.divergence must be one of ['kl', 'js', 'l2'], got 'kld'"),
+    ("defenses.burn.divergence=kld", "defenses.burn.divergence must be one of ['kl', 'js', 'l2'], got 'kld'"),
+    ("burn.divergence=kld", "defenses.burn.divergence must be one of"),  # the former spelling
+    ("defenses.fp.epochs=2.5", "defenses.fp.epochs must be an integer, got 2.5"),
     ("train=3", "train is a section, not a value"),
 ])
 def test_set_is_checked_against_the_schema_before_any_data_is_loaded(setting, message, tmp_path, capsys):

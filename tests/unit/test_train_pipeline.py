@@ -1,4 +1,3 @@
-import dataclasses
 import json
 
 import pytest
@@ -129,10 +128,10 @@ def test_burn_run_reuses_its_stored_record(tmp_path, monkeypatch):
     recomputed); another Burn config, or --rerun, computes."""
     import burn.defenses.burn as burn_module
     from burn.config import replace
-    from burn.defense_stage import burn_run
+    from burn.defense_stage import defense_run, make_defense
 
     run = attacked_model(load_preset("smoke"), Runtime(results_root=tmp_path, progress=False))
-    first = burn_run(run)
+    first = defense_run(run, "burn")
     stored = read_json(run.results_dir / "burn.json")
     assert first.pop("_computed_now") and first == stored
 
@@ -140,12 +139,12 @@ def test_burn_run_reuses_its_stored_record(tmp_path, monkeypatch):
         raise AssertionError("Burn was run again")
 
     monkeypatch.setattr(burn_module, "defend", fail)
-    assert burn_run(run) == stored
-    other = dataclasses.replace(run, cfg=replace(run.cfg, burn=replace(run.cfg.burn, lr=2e-4)))
+    assert defense_run(run, "burn") == stored
+    other = replace(make_defense(run.cfg, "burn"), lr=2e-4)
     with pytest.raises(AssertionError, match="run again"):
-        burn_run(other, tag="lr")
+        defense_run(run, "burn", defense=other, tag="lr")
     with pytest.raises(AssertionError, match="run again"):
-        burn_run(run, rerun=True)
+        defense_run(run, "burn", rerun=True)
 
 
 @pytest.mark.parametrize("attack", ["trojannn", "inputaware"])

@@ -59,6 +59,11 @@ class Defense:
 
         return defense_key(self, attack_key, distances_key, clean_key)
 
+    def summary_lines(self, report: dict) -> list[str]:
+        """What ``burn defend`` shows of this defense's report: its scalar entries."""
+        scalars = (f"{k} {v}" for k, v in report.items() if isinstance(v, (int, float, str)))
+        return [", ".join(scalars)[:400]]
+
 
 def split_clean(data: DefenderData, held_out: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
     """The defender's clean data split into (fitting part, held-out part of ``held_out``

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import BurnCfg
+from ..config import FRACTION, NONNEG, OMIT_AT_DEFAULT, POSITIVE, choices
 from ..keys import burn_key
 from ..metrics import predict_logits
 from ..progress import tqdm
@@ -99,7 +99,7 @@ class BurnReport:
         return out if self.spread_gap is None else {**out, "spread_gap": self.spread_gap}
 
 
-def schedule(cfg: BurnCfg, t: int) -> tuple[float, float, float]:
+def schedule(cfg: Burn, t: int) -> tuple[float, float, float]:
     """(lambda_t, alpha_t, beta_t): linear in t from t = 0 to t = T; lambda goes from 0 to
     ``cfg.lambda_end`` (1 in the paper: the last iteration ranks by divergence alone)."""
     frac = t / cfg.iterations if cfg.iterations > 0 else 1.0
@@ -153,7 +153,7 @@ def _selection_stats(p_idx, c_idx, y_adv, poison_mask, original_labels, labels) 
     return out
 
 
-def finetune(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg,
+def finetune(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn,
              generator: torch.Generator, *, flip: bool = True) -> nn.Module:
     """One Burn fine-tuning step, in place: ``cfg.epochs`` epochs of Adam (``cfg.lr``) on
     (images, labels), augmented as in training (``flip``: the dataset's setting); returns
@@ -165,7 +165,7 @@ def finetune(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg,
     return model.eval()
 
 
-def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
+def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
            norms: Tensor, adv_labels: Tensor,
            poison_mask: Tensor | None = None, original_labels: Tensor | None = None,
            evaluate: Callable[[nn.Module], dict] | None = None,
@@ -253,10 +253,41 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: BurnCfg, *,
 
 @dataclass(frozen=True)
 class Burn(Defense):
-    """Burn as a defense of the registry: ``cfg`` is the preset's ``burn`` section. It holds no
-    clean extra data; it ranks the training set by the attacked model's DeepFool distances."""
+    """Burn as a defense of the registry; its fields are every number of Burn (docs/method.md),
+    fractions of the whole training set ``D``. It holds no clean extra data; it ranks the
+    training set by the attacked model's DeepFool distances."""
 
-    cfg: BurnCfg = BurnCfg()
+    iterations: int = field(default=5, metadata=NONNEG)  # T
+    alpha_start: float = field(default=0.005, metadata=FRACTION)
+    alpha_end: float = field(default=0.01, metadata=FRACTION)
+    beta_start: float = field(default=0.025, metadata=FRACTION)
+    beta_end: float = field(default=0.05, metadata=FRACTION)
+    epochs: int = field(default=5, metadata=POSITIVE)
+    lr: float = field(default=1e-4, metadata=POSITIVE)
+    batch_size: int = field(default=128, metadata=POSITIVE)
+    augment: bool = True
+    divergence: str = field(default="kl", metadata=choices(*DIVERGENCES))
+    # How P_t is drawn. "global" (the paper, the default): the top alpha_t of all of D by score.
+    # "suspect_class" (opt-in repair, not the paper): estimate the target as the given label
+    # whose samples have the largest median distance, and draw P_t from that class only.
+    # "random" (the control, not a defense): P_t is a seeded uniform draw of the same size from
+    # all of D, redrawn each iteration; everything else as "global". It measures what the
+    # ranking adds over relabeling any alpha_t of D with their adversarial labels.
+    # "spread_class" (opt-in repair, not the paper): the suspect class is the given label whose
+    # samples' adversarial labels are most spread (entropy): a poisoned sample's adversarial
+    # label falls back to its true class, any of the others. Burn acts only when that class
+    # leads the next by ``min_spread_gap`` nats, and otherwise returns the model unchanged.
+    selection: str = field(default="global", metadata=choices(*SELECTIONS))
+    min_spread_gap: float = field(default=0.07, metadata={**OMIT_AT_DEFAULT, **NONNEG})
+    # Opt-in (not the paper): phase 1 also fine-tunes on the bottom beta_0 of D by distance with
+    # their given labels, as phase 2 does; the spec's phase 1 trains on P_0 alone. Measured with
+    # the suspect-class selection it raises ACC after phase 1 (BadNets 0.702 -> 0.769) but not
+    # the final ACC (0.742 against 0.739); see docs/findings.md.
+    phase1_clean_set: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
+    # lambda_t rises linearly from 0 to lambda_end at t = T. The paper's 1.0 makes the last
+    # iteration rank by prediction divergence alone; 0.5 keeps half the distance term there.
+    lambda_end: float = field(default=1.0, metadata={**OMIT_AT_DEFAULT, **FRACTION})
+    seed: int = 0
 
     name = "burn"
     label = "Burn"
@@ -266,7 +297,7 @@ class Burn(Defense):
     def __call__(self, model: nn.Module, data: DefenderData, *, evaluate=None,
                  progress: bool = False) -> tuple[nn.Module, dict]:
         d = data.distances
-        purified, report = defend(model, data.train.images, data.train.labels, self.cfg,
+        purified, report = defend(model, data.train.images, data.train.labels, self,
                                   norms=d["norms"], adv_labels=d["adv_labels"].long(),
                                   poison_mask=data.truth.get("poison_mask"),
                                   original_labels=data.truth.get("original_labels"),
@@ -275,5 +306,14 @@ class Burn(Defense):
 
     def stage_key(self, attack_key: str, distances_key: str, clean_key: str) -> str:
         """Burn's key, as its records were first written (without the clean subset it never
-        uses), so the committed ``burn*.json`` stay valid."""
-        return burn_key(self.cfg, attack_key, distances_key)
+        uses; its fields hash as the former ``BurnCfg`` section did), so the committed
+        ``burn*.json`` stay valid."""
+        return burn_key(self, attack_key, distances_key)
+
+    def summary_lines(self, report: dict) -> list[str]:
+        """One line per iteration: the selection against the ground truth, then ACC/ASR/RA."""
+        nan = float("nan")
+        return [f"t={it['t']}: |P|={it['n_poison_set']} precision {it.get('precision', nan):.3f} "
+                f"recall {it.get('recall', nan):.3f} poisoned-in-C {it.get('poisoned_in_clean_set')} "
+                f"-> ACC {it['acc']:.4f} ASR {it['asr']:.4f} RA {it['ra']:.4f}"
+                for it in report["iterations"]]
