@@ -244,6 +244,25 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    import dataclasses
+
+    from .sweep import load_sweep, plan, run_sweep, slurm_states, summary
+
+    spec = load_sweep(args.spec)
+    absolute = {k: str(Path(v).absolute()) for k in ("results_root", "data_root")
+                if (v := getattr(args, k)) is not None}  # a job may run in another folder
+    runtime = dataclasses.replace(_runtime(args), threads=args.threads or spec.threads, **absolute)
+    slurm = dataclasses.replace(spec.slurm, **{k: v for k in ("partition", "time_min", "gpus",
+                                                               "cpus_per_task", "array_parallelism")
+                                               if (v := getattr(args, k)) is not None})
+    sweep = plan(spec, results_root=args.results_root, log_dir=args.log_dir)
+    if args.dry_run:
+        print(summary(sweep, args.executor, slurm_states(sweep), runtime, slurm))
+        return 0
+    return 1 if run_sweep(sweep, args.executor, runtime, slurm=slurm) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="burn", description="Backdoor attacks, DeepFool boundary analysis and the Burn defense.",
@@ -279,6 +298,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-root")
     _runtime_args(p)
     p.set_defaults(func=cmd_regime)
+
+    p = sub.add_parser("sweep", help="run a sweep spec (attacks x defenses x seeds) locally or on Slurm",
+                       description="Expand SPEC (experiments/sweeps/*.yaml) into jobs: a model job "
+                       "(attacked model + DeepFool distances) per attack and seed, a defense job per "
+                       "defense after it. Stored stages are read back, so running it again submits "
+                       "only what is missing, and failed jobs again (docs/cluster.md).")
+    p.add_argument("spec", help="sweep spec (YAML), e.g. experiments/sweeps/cpu.yaml")
+    p.add_argument("--executor", default="local", choices=("local", "slurm", "debug"),
+                   help="local: subprocesses here, cores / threads at once (default); slurm: job "
+                        "arrays, afterok on the models' array; debug: in this process, with the traceback")
+    p.add_argument("--dry-run", action="store_true", help="print the jobs, what is stored and the "
+                                                          "arrays; submit nothing")
+    p.add_argument("--log-dir", help="jobs' logs and jobs.json (default: $BURN_CACHE/sweeps/<spec "
+                                     "name>; on Slurm a folder every node sees)")
+    p.add_argument("--partition", help="Slurm partition (default: the spec's)")
+    p.add_argument("--time-min", type=int, help="Slurm time limit of a job, minutes")
+    p.add_argument("--gpus", type=int, help="GPUs per job on Slurm")
+    p.add_argument("--cpus-per-task", type=int, help="CPUs per job on Slurm")
+    p.add_argument("--array-parallelism", type=int, help="at most this many tasks of an array at once")
+    p.add_argument("--data-root")
+    p.add_argument("--results-root")
+    p.add_argument("--download", action="store_true")
+    _runtime_args(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("config", help="print the resolved config of a preset with overrides")
     _common(p)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .atomic import ensure_writable
 from .cache import load_npz, load_torch, read_json, save_npz, save_torch, write_json
+from .lock import record_lock
 
 
 def _restore_hint(path: Path, how: str) -> str:
@@ -126,15 +127,30 @@ class TorchStore:
         return value
 
 
+_MISSING = object()
+
+
+def _stored(store, key: str, conflict) -> Any:
+    """The stored result under ``key``, else ``_MISSING`` (or ``conflict``'s error)."""
+    stored = store.stored_key()
+    if stored == key:
+        return store.load()
+    if stored is not None and conflict is not None:
+        raise conflict(stored)
+    return _MISSING
+
+
 def cached(store, key: str, compute: Callable[[], Any], *, rerun: bool = False,
            conflict: Callable[[str], Exception] | None = None) -> Any:
     """The result of ``store`` under ``key``: read back when stored under that key (and not
     ``rerun``), else ``compute()``d and written. ``conflict(stored_key)``: the error to raise
-    when the store holds a result of another key, instead of replacing it."""
-    stored = store.stored_key()
-    if stored == key and not rerun:
-        return store.load()
-    if stored is not None and stored != key and conflict is not None and not rerun:
-        raise conflict(stored)
+    when the store holds a result of another key, instead of replacing it. While it computes,
+    the record's lock (``burn.lock``) keeps other writers out; one that waited for it reads
+    back what the holder wrote."""
+    found = _MISSING if rerun else _stored(store, key, conflict)
+    if found is not _MISSING:
+        return found
     ensure_writable(Path(store.path).parent)
-    return store.save(compute(), key)
+    with record_lock(store.path):
+        found = _MISSING if rerun else _stored(store, key, conflict)  # written while we waited?
+        return store.save(compute(), key) if found is _MISSING else found
