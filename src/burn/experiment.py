@@ -20,7 +20,6 @@ from torch import nn
 from .attacks import Attack, PoisonedDataset, make_attack
 from .cache import (
     DamagedFileError,
-    config_hash,
     load_torch,
     read_json,
     run_dir,
@@ -30,6 +29,7 @@ from .cache import (
 )
 from .config import PROJECT_ROOT, AttackCfg, ExperimentCfg, to_dict
 from .data import ImageDataset, dataset_spec, load_dataset
+from .keys import attack_key
 from .metrics import evaluate
 from .models import create_model
 from .provenance import provenance
@@ -37,7 +37,6 @@ from .runtime import Runtime, cpu_has_bf16
 from .stages import TorchStore, cached
 from .train import measure_rate, train_model
 
-ATTACK_STAGE_VERSION = 1
 RESULTS_ROOT = PROJECT_ROOT / "results"
 STORED_TOLERANCE_IMAGES = 2
 MEASURED_STEPS = 5  # training steps timed for the expected time (not counted in any result)
@@ -130,13 +129,6 @@ def prepare_data(cfg: ExperimentCfg, runtime: Runtime = Runtime()):
     attack = fit_attack(cfg, runtime, train)
     poisoned, poisoned_test = poison(cfg, attack, train, test)
     return attack, poisoned, test, poisoned_test
-
-
-def attack_key(cfg: ExperimentCfg, data_name: str, parts: tuple = ()) -> str:
-    """The attacked model's key; ``parts``: the fitted attack's ``key_parts()`` (stored in
-    none.json as ``key_parts``), for attacks that depend on more than their config."""
-    return config_hash("attack", ATTACK_STAGE_VERSION, data_name, cfg.data, cfg.model, cfg.train,
-                       cfg.attack, *parts)
 
 
 @dataclass(frozen=True)
