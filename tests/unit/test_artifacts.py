@@ -154,7 +154,7 @@ def test_fig5_distance_sample_holds_both_groups_apart_from_the_poison_draw(tmp_p
     _, _, dist = filtering({"badnets": run}, dist_samples=20)
     counts = dist.groupby("group").size().to_dict()
     assert counts == {"clean": 20, "poisoned": 20}, counts  # one seeded draw of 20 was all poison
-    assert (mask[dist["index"].to_numpy()].numpy() == (dist["group"] == "poisoned").to_numpy()).all()
+    assert (mask[dist["index"].tolist()].numpy() == (dist["group"] == "poisoned").to_numpy()).all()
 
 
 def test_no_analysis_sample_replays_the_attacks_draw(tmp_path):
