@@ -21,8 +21,7 @@ def _fmt(v, spec: str = ".3f") -> str:
 def _table1_row(r: dict, label) -> list[str]:
     """One row of the Table 1 section of ``paper_vs_ours``; the clean model's row has no
     poisoned samples and is compared with the paper's "Clean" value alone."""
-    def f(v, spec):
-        return "-" if v is None or v != v else format(v, spec)
+    f = _fmt
     if r.get("model") == "clean model":
         return ["Clean model (no poison)", f(r["paper_clean"], ".3f"), "-", "-", f(r["mean_clean"], ".3f"),
                 "-", "-", "-", "-", "-"]
