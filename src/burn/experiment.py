@@ -97,10 +97,30 @@ def clean_model_cfg(cfg: ExperimentCfg) -> ExperimentCfg:
                                                      pool=a.pool))
 
 
-def fit_attack(cfg: ExperimentCfg, runtime: Runtime, train: ImageDataset) -> Attack:
+def resources_dir(cfg: ExperimentCfg, root: Path | None = None) -> Path:
+    """Where the networks attacks are built with are committed (``burn.resources``), shared
+    by the preset's attacks, variants and seeds (each file is keyed)."""
+    return Path(root or RESULTS_ROOT) / cfg.preset / cfg.data.dataset / "resources"
+
+
+def attack_resources(cfg: ExperimentCfg, runtime: Runtime, attack: Attack, train: ImageDataset,
+                     test: ImageDataset) -> dict:
+    """The attack's resources (``Attack.resources()``), each read back or trained once."""
+    from .resources import resource_stage
+
+    rebuild = f"burn attack --attack {cfg.attack.name} --preset {cfg.preset}"
+    return {name: resource_stage(res, train, test, data=cfg.data, seed=cfg.train.seed,
+                                 folder=resources_dir(cfg, runtime.results_root),
+                                 runtime=runtime, rebuild=rebuild)
+            for name, res in attack.resources().items()}
+
+
+def fit_attack(cfg: ExperimentCfg, runtime: Runtime, train: ImageDataset,
+               test: ImageDataset) -> Attack:
     """The attack of ``cfg`` fitted to ``train`` (deterministic; it never draws from the
     poisoning generator). An attack that optimizes against a clean model gets the preset's
-    (loaded, or trained first)."""
+    (loaded, or trained first); one built with networks of its own (``resources``) gets them
+    from their committed stage."""
     attack = make_attack(cfg.attack)
     clean = None
     if attack.needs_clean_model:
@@ -109,7 +129,8 @@ def fit_attack(cfg: ExperimentCfg, runtime: Runtime, train: ImageDataset) -> Att
         clean = attacked_model(clean_model_cfg(cfg), runtime).model
     return attack.fit(train, generator=torch.Generator().manual_seed(cfg.train.seed), model=clean,
                       device=runtime.torch_device(), amp_bf16=cfg.train.amp_bf16,
-                      progress=runtime.progress)
+                      progress=runtime.progress,
+                      resources=attack_resources(cfg, runtime, attack, train, test))
 
 
 def poison(cfg: ExperimentCfg, attack: Attack, train: ImageDataset, test: ImageDataset):
@@ -126,7 +147,7 @@ def prepare_data(cfg: ExperimentCfg, runtime: Runtime = Runtime()):
     if make_attack(cfg.attack).custom_training:
         raise ValueError(f"{cfg.attack.name} poisons with what it learns in training: "
                          "use attacked_model")
-    attack = fit_attack(cfg, runtime, train)
+    attack = fit_attack(cfg, runtime, train, test)
     poisoned, poisoned_test = poison(cfg, attack, train, test)
     return attack, poisoned, test, poisoned_test
 
@@ -208,7 +229,7 @@ def attacked_model(cfg: ExperimentCfg, runtime: Runtime = Runtime(), *,
                                seed=cfg.train.seed)
     attack = make_attack(cfg.attack)
     if not attack.custom_training:  # custom ones fit (train their nets) only if not stored
-        attack = fit_attack(cfg, runtime, train)
+        attack = fit_attack(cfg, runtime, train, test)
     key = attack_key(cfg, f"{train.name}, {attack.name}", attack.key_parts())
     out = results_dir(cfg, runtime.results_root)
     model = build_model(cfg, len(train.classes), runtime)
@@ -249,12 +270,12 @@ class FittedAttackStore:
         return value
 
 
-def _fit_custom(cfg, runtime, attack, train, cache: Path, key: str, rerun: bool) -> Attack:
+def _fit_custom(cfg, runtime, attack, train, test, cache: Path, key: str, rerun: bool) -> Attack:
     """Fit a custom-training attack (Input-aware's mask net), kept in the run cache so an
     interrupted training run does not fit it again."""
     def fit():
         runtime.say(f"{cfg.attack.name}: fitting the attack's own networks before training")
-        return fit_attack(cfg, runtime, train)
+        return fit_attack(cfg, runtime, train, test)
 
     return cached(FittedAttackStore(cache / "fitted_attack.pt", attack), key, fit, rerun=rerun)
 
@@ -273,7 +294,7 @@ def _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
     bf16_rate = _warn_slow_bf16(cfg, runtime, model, train.images, train.labels, flip)
     hook = None
     if attack.custom_training:
-        attack = _fit_custom(cfg, runtime, attack, train, cache, key, retrain)
+        attack = _fit_custom(cfg, runtime, attack, train, test, cache, key, retrain)
         hook = attack.training_hook(seed=cfg.train.seed, device=runtime.torch_device())
         images, labels = train.images, train.labels  # the hook poisons each batch
     else:

@@ -11,11 +11,14 @@ import torch
 from burn.attacks import ATTACKS, NoAttack
 from burn.data import ImageDataset
 from burn.models import create_model
+from burn.resources import StoredResource
 
 TARGET = 3
 RATE = 0.25
+RATE_CLEAN_LABEL = 0.05  # 10 of the 20 target-class images
 # Tiny settings of the attacks that fit a trigger or a network; the others run with defaults.
-FAST = {"trojannn": {"iters": 5}, "inputaware": {"mask_epochs": 1, "width": 4}}
+FAST = {"trojannn": {"iters": 5}, "inputaware": {"mask_epochs": 1, "width": 4},
+        "lc": {"steps": 2}}
 
 
 def _dataset(n: int = 200, seed: int = 0) -> ImageDataset:
@@ -25,14 +28,25 @@ def _dataset(n: int = 200, seed: int = 0) -> ImageDataset:
     return ImageDataset(x, torch.arange(n) % 10, tuple(str(i) for i in range(10)), "toy")
 
 
+def _untrained(attack) -> dict:
+    """The attack's resources as untrained networks (what they compute is their own tests')."""
+    torch.manual_seed(0)
+    return {name: StoredResource(res.network(10, 32, "cifar10").eval(), f"test-{name}", {})
+            for name, res in attack.resources().items()}
+
+
 @pytest.fixture(scope="module", params=sorted(ATTACKS))
 def attack(request):
     """The attack ready to poison, as the attack stage makes it: fitted (on a clean model
-    where it needs one) and, where it trains with the classifier, after its training hook."""
-    a = ATTACKS[request.param](target=TARGET, rate=RATE, **FAST.get(request.param, {}))
+    where it needs one, with its resources) and, where it trains with the classifier, after
+    its training hook. A clean-label attack poisons half its pool (the target class)."""
+    cls = ATTACKS[request.param]
+    a = cls(target=TARGET, rate=RATE_CLEAN_LABEL if cls.clean_label else RATE,
+            **FAST.get(request.param, {}))
     torch.manual_seed(0)
     model = create_model("preactresnet18", 10, width=4).eval() if a.needs_clean_model else None
-    a = a.fit(_dataset(), generator=torch.Generator().manual_seed(0), model=model)
+    a = a.fit(_dataset(), generator=torch.Generator().manual_seed(0), model=model,
+              resources=_untrained(a))
     return a.training_hook(seed=0).fitted() if a.custom_training else a
 
 
@@ -45,7 +59,7 @@ def test_poisons_its_share_of_its_pool_with_its_labels(attack, pool):
     assert torch.equal(ds.images, images) and torch.equal(ds.labels, labels)  # input untouched
     idx, true = p.poison_idx, p.original_labels
     assert torch.equal(true, labels)
-    assert len(idx) == (0 if isinstance(attack, NoAttack) else round(RATE * len(ds)))
+    assert len(idx) == (0 if isinstance(attack, NoAttack) else round(attack.rate * len(ds)))
     if attack.clean_label:
         assert (true[idx] == TARGET).all()
     elif pool == "non_target":
@@ -59,7 +73,7 @@ def test_poisons_its_share_of_its_pool_with_its_labels(attack, pool):
         assert torch.equal(p.labels[~p.poison_mask], true[~p.poison_mask])
     # triggered images are uint8 (within [0, 255] by type) and the rest are as they were
     assert p.images.dtype == torch.uint8 and p.images.shape == images.shape
-    assert torch.equal(p.images[idx], attack.triggered(images[idx]))
+    assert torch.equal(p.images[idx], attack.triggered(attack.poison_source(ds, idx)))
     changed = p.poison_mask if p.cross_mask is None else p.poison_mask | p.cross_mask
     assert torch.equal(p.images[~changed], images[~changed])
     assert len(idx) == 0 or not torch.equal(p.images[idx], images[idx])

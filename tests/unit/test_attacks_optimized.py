@@ -60,6 +60,25 @@ def test_trojannn_raises_the_most_connected_neurons_and_is_deterministic():
     assert "trigger" not in a.describe() and a.describe()["trigger_sha256"]
 
 
+def test_trojannn_backdoorbench_neurons_come_from_an_untrained_1000_output_layer():
+    from burn.attacks.trojannn import most_connected_inputs, untrained_linear_layer
+
+    model = _model()
+    fit = lambda seed: TrojanNN(iters=5, neuron_choice="backdoorbench").fit(  # noqa: E731
+        _dataset(8), generator=torch.Generator().manual_seed(seed), model=model)
+    a, again, other = fit(0), fit(0), fit(1)
+    layer = untrained_linear_layer(model.linear.in_features, 1000, 0)
+    assert layer.weight.shape == (1000, model.linear.in_features)
+    assert a.fitted["neurons"] == most_connected_inputs(layer, 2).tolist() == again.fitted["neurons"]
+    assert other.fitted["neurons"] != a.fitted["neurons"]  # the run's seed draws the layer
+    default = TrojanNN(iters=5).fit(_dataset(8), generator=torch.Generator().manual_seed(0),
+                                    model=model)
+    assert default.key_parts() == (default.fitted["clean_model_sha256"],)  # committed keys kept
+    assert a.key_parts() == (a.fitted["clean_model_sha256"], "backdoorbench")
+    with pytest.raises(ValueError, match="neuron_choice"):
+        TrojanNN(neuron_choice="random").fit(_dataset(8), generator=torch.Generator(), model=model)
+
+
 def test_trojannn_needs_a_clean_model_and_a_fit():
     with pytest.raises(ValueError, match="clean model"):
         TrojanNN().fit(_dataset(4), generator=torch.Generator())

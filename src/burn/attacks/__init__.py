@@ -11,7 +11,9 @@ from .badnets import BadNets
 from .base import Attack, PoisonedDataset, to_uint8
 from .blended import Blended
 from .inputaware import InputAware
+from .lc import LabelConsistent
 from .lf import LowFrequency
+from .ssba import SSBA
 from .trojannn import TrojanNN
 
 
@@ -32,6 +34,9 @@ class NoAttack(Attack):
                                                                 model=model, **context)
         return dataclasses.replace(self, trigger_attack=fitted)
 
+    def resources(self) -> dict:
+        return ATTACKS[self.trigger](target=self.target).resources()
+
     def select_poison(self, labels, *, generator):
         return labels.new_zeros(0)
 
@@ -44,7 +49,7 @@ class NoAttack(Attack):
 # The one registry of attacks: the CLI, the configs and every figure's labels read it.
 ATTACKS: dict[str, type[Attack]] = {"clean": NoAttack, "badnets": BadNets, "blended": Blended,
                                     "lf": LowFrequency, "trojannn": TrojanNN,
-                                    "inputaware": InputAware}
+                                    "inputaware": InputAware, "lc": LabelConsistent, "ssba": SSBA}
 
 
 def make_attack(cfg: AttackCfg) -> Attack:
@@ -53,5 +58,5 @@ def make_attack(cfg: AttackCfg) -> Attack:
     return ATTACKS[cfg.name](target=cfg.target, rate=cfg.rate, pool=cfg.pool, **cfg.params)
 
 
-__all__ = ["ATTACKS", "Attack", "BadNets", "Blended", "InputAware", "LowFrequency", "NoAttack", "PoisonedDataset", "TrojanNN",
+__all__ = ["ATTACKS", "Attack", "BadNets", "Blended", "InputAware", "LabelConsistent", "LowFrequency", "NoAttack", "PoisonedDataset", "SSBA", "TrojanNN",
            "make_attack", "to_uint8"]

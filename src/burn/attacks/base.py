@@ -96,6 +96,12 @@ class Attack:
         ``load_state_dict()``, ``fitted()`` -> the trained attack)."""
         raise NotImplementedError(f"{type(self).__name__} trains like any other attack")
 
+    def resources(self) -> dict:
+        """Networks the attack is built with (``burn.resources.Resource`` by name: LC's robust
+        model, SSBA's encoder), trained once as committed stages and passed to ``fit`` as
+        ``resources={name: StoredResource}``; empty for most attacks."""
+        return {}
+
     def attack_state(self) -> dict:
         """Tensors a trained attack needs to make its triggers again, stored with the model."""
         return {}
@@ -136,11 +142,16 @@ class Attack:
             out[s:s + batch_size] = to_uint8(self.apply_trigger(images_u8[s:s + batch_size].float() / 255.0))
         return out
 
+    def poison_source(self, train: ImageDataset, idx: Tensor) -> Tensor:
+        """The uint8 images of ``train`` at ``idx`` that get the trigger: the training images
+        themselves, except for attacks that first change them (Label-consistent's PGD)."""
+        return train.images[idx]
+
     def poison_train(self, train: ImageDataset, *, generator: torch.Generator) -> PoisonedDataset:
         idx = self.select_poison(train.labels, generator=generator)
         images, labels = train.images.clone(), train.labels.clone()
         if len(idx):
-            images[idx] = self.triggered(train.images[idx])
+            images[idx] = self.triggered(self.poison_source(train, idx))
             if not self.clean_label:
                 labels[idx] = self.target
         mask = torch.zeros(len(train), dtype=torch.bool)

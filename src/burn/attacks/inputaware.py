@@ -131,7 +131,7 @@ class InputAware(Attack):
 
     # ----------------------------------------------------------------- stage 1: the mask net
     def fit(self, train: ImageDataset, *, generator: torch.Generator, model=None, device=None,
-            amp_bf16: bool = False, progress: bool = False) -> "InputAware":
+            amp_bf16: bool = False, progress: bool = False, **context) -> "InputAware":
         if self.mask_net is not None:
             return self
         device = torch.device(device or "cpu")

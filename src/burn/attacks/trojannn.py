@@ -17,6 +17,18 @@ def most_connected_inputs(linear: nn.Linear, k: int) -> Tensor:
     return linear.weight.detach().abs().sum(0).argsort(descending=True)[:k].sort().values
 
 
+NEURON_CHOICES = ("clean_linear", "backdoorbench")
+
+
+def untrained_linear_layer(in_features: int, out_features: int, seed: int) -> nn.Linear:
+    """A freshly initialized ``nn.Linear`` (PyTorch's default init) under ``seed``: the layer
+    BackdoorBench's TrojanNN picks its neurons from (it builds its trigger network with 1,000
+    classes, so the clean model's conv and BN weights load and its linear layer does not)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(in_features, out_features)
+
+
 def optimize_trigger(model: nn.Module, init: Tensor, neurons: Tensor, target: float, *,
                      iters: int, eps: float, step: float) -> Tensor:
     """Projected sign-gradient descent on the pixels of ``init`` (3, H, W) in [0, 1] that are
@@ -50,9 +62,11 @@ class TrojanNN(Attack):
     ``eps`` of the start, in [0, 1]). The trigger is stored as 8-bit and added to the image,
     ``clip(x + t, 0, 255)``, on train and test; dirty-label.
 
-    Differences from BackdoorBench, on purpose: the clean model is the preset's committed clean
-    model (BackdoorBench builds its trigger net with 1,000 classes, so its clean weights never
-    load and the neurons it drives are those of an untrained layer); the sum is clipped
+    ``neuron_choice``: ``clean_linear`` ranks the inputs of the clean model's trained linear
+    layer; ``backdoorbench`` ranks those of an untrained 1,000-output layer seeded by the run's
+    seed, as BackdoorBench does (its trigger network has 1,000 classes: the clean model's conv
+    and BN weights load, its linear layer does not), which makes the choice effectively random.
+    Either way the trigger drives the clean model's features. The sum is clipped
     (BackdoorBench casts to uint8 before clipping, which wraps bright pixels around)."""
 
     mask_file: str = "trojannn_apple4.png"
@@ -61,6 +75,7 @@ class TrojanNN(Attack):
     iters: int = 1000
     eps: float = 0.3
     step: float = 0.1
+    neuron_choice: str = "clean_linear"
     # set by fit(): the 8-bit trigger, the neurons, and what the optimization reached
     trigger: Tensor | None = field(default=None, repr=False, compare=False)
     fitted: dict = field(default_factory=dict, compare=False)
@@ -79,7 +94,12 @@ class TrojanNN(Attack):
         from ..cache import tensors_sha256
 
         init = load_image(self.mask_file, tuple(train.images.shape[-2:]))
-        neurons = most_connected_inputs(model.linear, self.num_neurons).to(
+        if self.neuron_choice not in NEURON_CHOICES:
+            raise ValueError(f"attack.params.neuron_choice must be one of {list(NEURON_CHOICES)}, "
+                             f"got {self.neuron_choice!r}")
+        ranked = (model.linear if self.neuron_choice == "clean_linear" else
+                  untrained_linear_layer(model.linear.in_features, 1000, generator.initial_seed()))
+        neurons = most_connected_inputs(ranked, self.num_neurons).to(
             next(model.parameters()).device)
         trig = optimize_trigger(model, init, neurons, self.neuron_target, iters=self.iters,
                                 eps=self.eps, step=self.step)
@@ -98,7 +118,9 @@ class TrojanNN(Attack):
 
     def key_parts(self) -> tuple:
         """The trigger depends on the clean model's weights, so the attacked model's key does."""
-        return (self.fitted.get("clean_model_sha256"),)
+        parts = (self.fitted.get("clean_model_sha256"),)
+        # the committed models' keys predate the option: the default adds nothing
+        return parts if self.neuron_choice == "clean_linear" else parts + (self.neuron_choice,)
 
     def apply_trigger(self, images: Tensor) -> Tensor:
         if self.trigger is None:
