@@ -67,6 +67,11 @@ class TrainCfg:
     # the CPU). BackdoorBench trains with amp off under PyTorch's defaults, where cuDNN
     # convolutions run in TF32 on Ampere and later GPUs. DeepFool always runs in exact float32.
     tf32: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
+    # ``cosine`` anneals the learning rate to zero over ``epochs`` (BackdoorBench's default
+    # recipe); ``constant`` keeps it, as BackdoorBench's Input-aware script does (lr 0.01, its
+    # steps at epochs 100, 200, ... never reached in 100 epochs).
+    lr_schedule: str = field(default="cosine",
+                             metadata={**OMIT_AT_DEFAULT, **choices("cosine", "constant")})
     seed: int = 0
 
 

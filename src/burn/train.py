@@ -1,5 +1,6 @@
-"""Supervised training with BackdoorBench's recipe (SGD + cosine, random crop + flip), seeded,
-deterministic on the CPU, with per-epoch checkpoints so an interrupted run resumes."""
+"""Supervised training with BackdoorBench's recipe (SGD with a cosine or constant learning
+rate, random crop + flip), seeded, deterministic on the CPU, with per-epoch checkpoints so an
+interrupted run resumes."""
 
 from __future__ import annotations
 
@@ -145,7 +146,8 @@ def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg,
     history."""
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+             if cfg.lr_schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))
     gen = torch.Generator().manual_seed(cfg.seed)
     start, history = 0, []
     if checkpoint is not None and Path(checkpoint).is_file():

@@ -21,6 +21,23 @@ def test_tf32_enters_the_key_only_when_set():
     assert load_preset("paper").train.tf32  # the paper preset trains as BackdoorBench's GPU runs
 
 
+def test_constant_lr_schedule_keeps_the_rate_and_enters_the_key_only_when_set():
+    cfg = load_preset("smoke", {"train": {"epochs": 2}})
+    const = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr_schedule="constant"))
+    assert attack_key(cfg, "x") != attack_key(const, "x")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (64, 3, 32, 32), generator=g, dtype=torch.uint8), torch.arange(64) % 10
+    rates = {}
+    for c in (cfg, const):
+        model = build_model(c, 10)
+        rates[c.train.lr_schedule] = [h["lr"] for h in train_model(model, x, y, c.train,
+                                                                    progress=False)]
+    assert rates["constant"] == [cfg.train.lr] * 2
+    assert rates["cosine"][-1] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        load_preset("smoke", {"train": {"lr_schedule": "step"}})
+
+
 def test_tf32_block_restores_the_flags():
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     for device in (torch.device("cpu"), torch.device("cuda")):

@@ -24,18 +24,21 @@ class NoAttack(Attack):
     baseline rate at which that trigger alone sends images to the target."""
 
     trigger: str = "badnets"
+    trigger_params: dict = dataclasses.field(default_factory=dict)  # that attack's own fields
     trigger_attack: Attack | None = None  # set by fit: the attack whose trigger is applied
 
     name = "clean"
     label = "Clean"
 
     def fit(self, train, *, generator, model=None, **context) -> "NoAttack":
-        fitted = ATTACKS[self.trigger](target=self.target).fit(train, generator=generator,
-                                                                model=model, **context)
+        fitted = self._trigger_attack().fit(train, generator=generator, model=model, **context)
         return dataclasses.replace(self, trigger_attack=fitted)
 
+    def _trigger_attack(self) -> Attack:
+        return ATTACKS[self.trigger](target=self.target, **self.trigger_params)
+
     def resources(self) -> dict:
-        return ATTACKS[self.trigger](target=self.target).resources()
+        return self._trigger_attack().resources()
 
     def select_poison(self, labels, *, generator):
         return labels.new_zeros(0)
