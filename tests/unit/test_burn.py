@@ -105,7 +105,7 @@ def test_phase1_clean_set_is_opt_in_and_keeps_existing_keys():
     assert it0.poisoned_in_clean_set == 0  # the bottom of the ranking: the poison sits far
     # at their defaults the options added later are left out of config hashes, so committed
     # results stay valid
-    later = ("phase1_clean_set", "lambda_end", "min_spread_gap")
+    later = ("phase1_clean_set", "lambda_end", "min_spread_gap", "min_coverage", "keep_suspect_class")
     assert config_hash(Burn()) == config_hash({k: v for k, v in Burn().__dict__.items()
                                                if k not in later})
     assert config_hash(Burn(phase1_clean_set=True)) != config_hash(Burn())
@@ -152,3 +152,50 @@ def test_spread_class_declines_without_a_standout_label_and_leaves_the_model():
     assert rep.iterations == [] and rep.suspect_class is None and rep.spread_gap == 0.0
     for a, b in zip(model.state_dict().values(), purified.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_coverage_class_finds_the_label_that_holds_every_other_class():
+    from burn.defenses.burn import coverage_class
+
+    # class 0: half its samples fall back to one of classes 1-9 each (dirty-label poison);
+    # every other class falls to two neighbours only
+    labels = torch.arange(10).repeat_interleave(180)
+    adv = torch.where(torch.arange(len(labels)) % 2 == 0, (labels + 1) % 10, (labels + 2) % 10)
+    adv[:90] = torch.arange(1, 10).repeat(10)
+    cls, top, second = coverage_class(adv, labels)
+    assert cls == 0 and top == pytest.approx(10 / 180) and second == 0.0
+    # a clean class whose samples reach only some classes never passes the guard's share
+    assert coverage_class((labels + 1) % 10, labels)[1] == 0.0 < Burn().min_coverage
+
+
+def test_coverage_class_declines_on_a_clean_like_model_and_leaves_it():
+    model, images, labels, _, mask, norms, _ = _setup()
+    adv = (labels + 1) % 10
+    cfg = replace(CFG, selection="coverage_class", keep_suspect_class=True)
+    purified, rep = defend(model, images, labels, cfg, norms=norms, adv_labels=adv, poison_mask=mask)
+    assert rep.iterations == [] and rep.suspect_class is None
+    assert rep.to_dict()["coverage"] == {"suspect": 0.0, "next": 0.0}
+    for a, b in zip(model.state_dict().values(), purified.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_keep_suspect_class_fine_tunes_the_class_under_its_own_label_too():
+    from burn.defenses.burn import _keep_suspect
+
+    score = torch.arange(10.0)
+    eligible = torch.tensor([True] * 6 + [False] * 4)
+    p_idx, c_idx = torch.tensor([5, 4]), torch.tensor([0, 6])
+    kept = _keep_suspect(score, eligible, p_idx, c_idx)
+    assert kept.tolist() == [1, 2]  # as many as P_t, the class's lowest scores outside P_t and C_t
+    model, images, labels, _, mask, norms, adv = _setup()
+    cfg = replace(CFG, selection="suspect_class", keep_suspect_class=True)
+    _, rep = defend(model, images, labels, cfg, norms=norms, adv_labels=adv, poison_mask=mask)
+    _, plain = defend(model, images, labels, replace(cfg, keep_suspect_class=False), norms=norms,
+                      adv_labels=adv, poison_mask=mask)
+    added = [i.n_clean_set - j.n_clean_set for i, j in zip(rep.iterations, plain.iterations)]
+    # |P_t| more, while the class (38 samples here) has that many left outside P_t and C_t
+    assert added[0] == rep.iterations[0].n_poison_set
+    assert all(0 <= a <= i.n_poison_set for a, i in zip(added, rep.iterations))
+    from burn.cache import config_hash
+
+    assert config_hash(Burn(min_coverage=0.03, keep_suspect_class=False)) == config_hash(Burn())

@@ -29,7 +29,7 @@ from ..train import run_epoch
 from .base import DefenderData, Defense
 
 DIVERGENCES = ("kl", "js", "l2")
-SELECTIONS = ("global", "suspect_class", "random", "spread_class")
+SELECTIONS = ("global", "suspect_class", "random", "spread_class", "coverage_class")
 
 
 def suspect_class(norms: Tensor, labels: Tensor) -> int:
@@ -57,6 +57,28 @@ def spread_class(adv_labels: Tensor, labels: Tensor) -> tuple[int, float]:
     top = ent.topk(min(2, len(ent))).values
     gap = float(top[0] - top[1]) if len(top) > 1 else float("inf")
     return int(classes[ent.argmax()]), gap
+
+
+def coverage_class(adv_labels: Tensor, labels: Tensor) -> tuple[int, float, float]:
+    """The given label whose samples' adversarial labels cover every other class best: for each
+    label c, the smallest share that any other class takes among the adversarial labels of c's
+    samples. A dirty-label all-to-one poison puts images of every other class under the target
+    label and their adversarial labels fall back to those classes, so each keeps a share of
+    about rate / (1/K + rate) there (0.053 at rate 0.1 and K = 10); a clean class's adversarial
+    labels fall to its neighbours and leave some far class almost none. Returns (class, its
+    smallest share, the next label's). Uses only labels and adversarial labels."""
+    classes = labels.unique()
+    k = int(max(adv_labels.max(), labels.max())) + 1
+    cover = []
+    for c in classes:
+        p = torch.bincount(adv_labels[labels == c], minlength=k).double()
+        p = p / p.sum()
+        others = torch.cat([p[:int(c)], p[int(c) + 1:]])
+        cover.append(float(others.min()))
+    cover = torch.tensor(cover)
+    top = cover.topk(min(2, len(cover)))
+    second = float(top.values[1]) if len(cover) > 1 else 0.0
+    return int(classes[top.indices[0]]), float(top.values[0]), second
 
 
 @dataclass
@@ -90,13 +112,19 @@ class BurnReport:
     deepfool: dict
     suspect_class: int | None = None  # the estimated target (the class selections only)
     spread_gap: float | None = None  # selection="spread_class": the suspect class's lead, nats
+    # selection="coverage_class": the suspect class's and the next class's smallest share
+    coverage: tuple[float, float] | None = None
 
     def to_dict(self) -> dict:
         out = {"config": self.config, "before": self.before,
                "iterations": [asdict(it) for it in self.iterations],
                "wall_s": self.wall_s, "deepfool": self.deepfool,
                "suspect_class": self.suspect_class}
-        return out if self.spread_gap is None else {**out, "spread_gap": self.spread_gap}
+        if self.spread_gap is not None:
+            out["spread_gap"] = self.spread_gap
+        if self.coverage is not None:
+            out["coverage"] = {"suspect": self.coverage[0], "next": self.coverage[1]}
+        return out
 
 
 def schedule(cfg: Burn, t: int) -> tuple[float, float, float]:
@@ -199,14 +227,11 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
     # the random control's own stream, so its fine-tuning order matches the ranked runs'
     pick = torch.Generator().manual_seed(cfg.seed + 1) if cfg.selection == "random" else None
     before = evaluate(f0) if evaluate is not None else {}
-    suspect = suspect_class(norms, labels) if cfg.selection == "suspect_class" else None
-    gap = None
-    if cfg.selection == "spread_class":
-        suspect, gap = spread_class(adv_labels, labels)
-        if gap < cfg.min_spread_gap:  # no label stands out: nothing to unlearn, do no harm
-            return ft.eval(), BurnReport(config=asdict(cfg), before=before, iterations=[],
-                                         wall_s=time.perf_counter() - t_start, deepfool={},
-                                         suspect_class=None, spread_gap=gap)
+    suspect, gap, coverage, declined = _suspect(cfg, norms, adv_labels, labels)
+    if declined:  # no label stands out: nothing to unlearn, do no harm
+        return ft.eval(), BurnReport(config=asdict(cfg), before=before, iterations=[],
+                                     wall_s=time.perf_counter() - t_start, deepfool={},
+                                     suspect_class=None, spread_gap=gap, coverage=coverage)
     # candidates for P_t: everything, or (opt-in) only the suspect class
     eligible = torch.ones(n, dtype=torch.bool) if suspect is None else labels == suspect
     logits0 = None
@@ -231,6 +256,8 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
             p_idx = _top(score.masked_fill(~eligible, float("-inf")), min(n_p, int(eligible.sum())),
                          largest=True)
         c_idx = _top(score, n_c, largest=False) if n_c else p_idx.new_zeros(0)
+        if cfg.keep_suspect_class and suspect is not None:
+            c_idx = torch.cat([c_idx, _keep_suspect(score, eligible, p_idx, c_idx)])
         idx = torch.cat([p_idx, c_idx])
         y = torch.cat([adv_labels[p_idx], labels[c_idx]])
         finetune(ft, images[idx], y, cfg, gen, flip=flip)
@@ -247,8 +274,33 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
                          if getattr(it, k) is not None})
     report = BurnReport(config=asdict(cfg), before=before, iterations=iterations,
                         wall_s=time.perf_counter() - t_start, deepfool={}, suspect_class=suspect,
-                        spread_gap=gap)
+                        spread_gap=gap, coverage=coverage)
     return ft.eval(), report
+
+
+def _suspect(cfg, norms: Tensor, adv_labels: Tensor, labels: Tensor):
+    """(suspect class or None, spread gap, coverage, declined) of the class selections; the
+    guarded ones decline when no label stands out."""
+    if cfg.selection == "suspect_class":
+        return suspect_class(norms, labels), None, None, False
+    if cfg.selection == "spread_class":
+        suspect, gap = spread_class(adv_labels, labels)
+        return suspect, gap, None, gap < cfg.min_spread_gap
+    if cfg.selection == "coverage_class":
+        suspect, top, second = coverage_class(adv_labels, labels)
+        return suspect, None, (top, second), top < cfg.min_coverage
+    return None, None, None, False
+
+
+def _keep_suspect(score: Tensor, eligible: Tensor, p_idx: Tensor, c_idx: Tensor) -> Tensor:
+    """As many samples of the suspect class as ``P_t`` takes from it, those of lowest score
+    outside ``P_t`` and ``C_t``, to fine-tune under their given label: without them the class
+    has no positive example left and its accuracy collapses (BadNets, phase 1: 0.82 -> 0.00)."""
+    taken = torch.zeros_like(eligible)
+    taken[p_idx] = True
+    taken[c_idx] = True
+    return _top(score.masked_fill(~eligible | taken, float("inf")),
+                min(len(p_idx), int((eligible & ~taken).sum())), largest=False)
 
 
 @dataclass(frozen=True)
@@ -277,8 +329,18 @@ class Burn(Defense):
     # samples' adversarial labels are most spread (entropy): a poisoned sample's adversarial
     # label falls back to its true class, any of the others. Burn acts only when that class
     # leads the next by ``min_spread_gap`` nats, and otherwise returns the model unchanged.
+    # "coverage_class" (opt-in repair, not the paper): the suspect class is the given label
+    # whose samples' adversarial labels leave no other class below the largest smallest share
+    # (``coverage_class``); Burn acts only when that share reaches ``min_coverage`` and
+    # otherwise returns the model unchanged. Dirty-label poison only: a clean-label attack
+    # (LC) puts no other class's images under the target label.
     selection: str = field(default="global", metadata=choices(*SELECTIONS))
     min_spread_gap: float = field(default=0.07, metadata={**OMIT_AT_DEFAULT, **NONNEG})
+    min_coverage: float = field(default=0.03, metadata={**OMIT_AT_DEFAULT, **FRACTION})
+    # Opt-in with the class selections: C_t also holds as many samples of the suspect class as
+    # P_t takes (its lowest scores, under their given label), so the class keeps positive
+    # examples while its poison is relabeled.
+    keep_suspect_class: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
     # Opt-in (not the paper): phase 1 also fine-tunes on the bottom beta_0 of D by distance with
     # their given labels, as phase 2 does; the spec's phase 1 trains on P_0 alone. Measured with
     # the suspect-class selection it raises ACC after phase 1 (BadNets 0.702 -> 0.769) but not
