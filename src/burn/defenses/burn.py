@@ -67,18 +67,23 @@ def coverage_class(adv_labels: Tensor, labels: Tensor) -> tuple[int, float, floa
     about rate / (1/K + rate) there (0.053 at rate 0.1 and K = 10); a clean class's adversarial
     labels fall to its neighbours and leave some far class almost none. Returns (class, its
     smallest share, the next label's). Uses only labels and adversarial labels."""
-    classes = labels.unique()
-    k = int(max(adv_labels.max(), labels.max())) + 1
-    cover = []
-    for c in classes:
-        p = torch.bincount(adv_labels[labels == c], minlength=k).double()
-        p = p / p.sum()
-        others = torch.cat([p[:int(c)], p[int(c) + 1:]])
-        cover.append(float(others.min()))
-    cover = torch.tensor(cover)
+    shares = class_coverage(adv_labels, labels)
+    classes, cover = list(shares), torch.tensor(list(shares.values()))
     top = cover.topk(min(2, len(cover)))
     second = float(top.values[1]) if len(cover) > 1 else 0.0
-    return int(classes[top.indices[0]]), float(top.values[0]), second
+    return classes[int(top.indices[0])], float(top.values[0]), second
+
+
+def class_coverage(adv_labels: Tensor, labels: Tensor) -> dict[int, float]:
+    """``{given label c: the smallest share of any other class among the adversarial labels of
+    c's samples}`` (``coverage_class``)."""
+    k = int(max(adv_labels.max(), labels.max())) + 1
+    out = {}
+    for c in labels.unique().tolist():
+        p = torch.bincount(adv_labels[labels == c], minlength=k).double()
+        p = p / p.sum()
+        out[c] = float(torch.cat([p[:c], p[c + 1:]]).min())
+    return out
 
 
 @dataclass
