@@ -84,7 +84,7 @@ def fast_at_epoch(model: nn.Module, opt, images: Tensor, labels: Tensor, cfg: "R
 class RobustModel(Resource):
     """An adversarially robust classifier trained by fast adversarial training (module
     docstring: Wong et al.'s CIFAR-10 settings are the defaults). ``eval_*``: the PGD attack of
-    the record's robust accuracy, on the first ``eval_images`` test images."""
+    the record's robust accuracy, on ``eval_images`` test images drawn under seed 0."""
 
     arch: str = "preactresnet18"
     width: int = 64
@@ -129,15 +129,18 @@ class RobustModel(Resource):
                 device: torch.device) -> dict:
         from .metrics import predict
 
+        from .resources import eval_subset
+
         clean = float((predict(net, test.images).cpu() == test.labels).float().mean())
-        n = min(self.eval_images, len(test))
-        correct = 0
+        idx = eval_subset(len(test), self.eval_images)
+        n, correct = len(idx), 0
         for s in range(0, n, 250):
-            x = test.images[s:min(n, s + 250)].float().div(255.0).to(device)
-            y = test.labels[s:min(n, s + 250)].to(device)
+            x = test.images[idx[s:s + 250]].float().div(255.0).to(device)
+            y = test.labels[idx[s:s + 250]].to(device)
             adv = pgd_linf(net, x, y, eps=self.eps, step=self.eval_step, steps=self.eval_steps)
             with torch.no_grad():
                 correct += int((net(adv).argmax(1) == y).sum())
         return {"clean_acc": clean, "pgd_acc": correct / n,
                 "pgd": f"PGD-{self.eval_steps}, eps {self.eps * 255:.0f}/255, step "
-                       f"{self.eval_step * 255:.0f}/255, no random start, first {n} test images"}
+                       f"{self.eval_step * 255:.0f}/255, no random start, {n} test images drawn "
+                       "under seed 0"}

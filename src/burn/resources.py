@@ -58,6 +58,15 @@ class Resource:
 RESOURCES: dict[str, type[Resource]] = {}
 
 
+def eval_subset(n_total: int, n: int, seed: int = 0):
+    """``n`` of ``n_total`` indices drawn under ``seed``, sorted: the test images a record's
+    measures use (the CIFAR-10 copy is ordered by class, so the first ``n`` would be one or
+    two classes)."""
+    if n >= n_total:
+        return torch.arange(n_total)
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
 def register(cls: type[Resource]) -> type[Resource]:
     RESOURCES[cls.name] = cls
     return cls
@@ -126,3 +135,20 @@ def resource_stage(res: Resource, train: ImageDataset, test: ImageDataset, *, da
 
 def _fields(res: Resource) -> str:
     return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(res).items())
+
+
+def remeasure(res: Resource, train: ImageDataset, test: ImageDataset, *, data, seed: int,
+              folder: Path, runtime, rebuild: str) -> dict:
+    """Measure a stored resource again with the current ``measure`` and rewrite its record's
+    measured fields, keeping its weights, wall time and training provenance; the record says
+    when and at which commit (``remeasured``). For a record made by an earlier ``measure``."""
+    from .provenance import provenance
+
+    stored = resource_stage(res, train, test, data=data, seed=seed, folder=folder,
+                            runtime=runtime, rebuild=rebuild)
+    js = folder / f"{res.name}-{stored.key}.json"
+    now = provenance(runtime)
+    record = {**stored.record, **res.measure(stored.net, train, test, device=runtime.torch_device()),
+              "remeasured": {k: now[k] for k in ("git", "time_utc") if k in now}}
+    write_json(js, record)
+    return read_json(js)

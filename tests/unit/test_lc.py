@@ -111,3 +111,28 @@ def test_a_damaged_robust_model_stops_with_the_file_and_the_command(smoke_lc, tm
     pt.write_bytes(b"not a torch file")
     with pytest.raises(DamagedFileError, match=r"robust_model-.*\.pt.*burn attack --attack lc"):
         attacked_model(cfg, dataclasses.replace(runtime, results_root=str(root)))
+
+
+def test_measures_draw_their_test_images_from_every_class_and_can_be_redone(smoke_lc, tmp_path):
+    import json
+    import shutil
+
+    from burn.adversarial import RobustModel
+    from burn.resources import eval_subset, remeasure
+
+    idx = eval_subset(10000, 1000)
+    assert len(idx) == len(set(idx.tolist())) == 1000 and idx.max() > 5000  # not the first 1,000
+    assert torch.equal(idx, eval_subset(10000, 1000)) and len(eval_subset(50, 100)) == 50
+    cfg, runtime, run = smoke_lc
+    root = tmp_path / "results"
+    shutil.copytree(runtime.results_root, root)
+    folder = resources_dir(cfg, root)
+    (js,) = folder.glob("robust_model-*.json")
+    before = json.loads(js.read_text())
+    train, test = load_dataset(cfg.data, runtime.data_root, seed=cfg.train.seed)
+    res = run.attack.resources()["robust_model"]
+    assert isinstance(res, RobustModel)
+    after = remeasure(res, train, test, data=cfg.data, seed=cfg.train.seed, folder=folder,
+                      runtime=dataclasses.replace(runtime, results_root=str(root)), rebuild="x")
+    assert after["wall_s"] == before["wall_s"] and after["key"] == before["key"]
+    assert after["remeasured"]["time_utc"] and {"clean_acc", "pgd_acc"} <= set(after)
