@@ -94,7 +94,7 @@ def _faint_ssba(secret_seed: int = 0) -> SSBA:
         net.encoder.out.weight.mul_(0.01)
         net.encoder.out.bias.zero_()
     stored = StoredResource(net.eval(), "k", {"bit_accuracy": 0.5})
-    return SSBA(secret_length=8, secret_seed=secret_seed).fit(
+    return SSBA(secret_length=8, secret_seed=secret_seed, min_bit_accuracy=0.0).fit(
         _dataset(4), generator=torch.Generator(), resources={"stegastamp": stored})
 
 
@@ -180,3 +180,20 @@ def test_a_damaged_stored_encoder_is_refused_by_name(smoke_run, tmp_path):
     pt.write_bytes(b"not a torch file")
     with pytest.raises(DamagedFileError, match=pt.name):
         _smoke(tmp_path / "r")
+
+
+def test_an_encoder_that_never_learned_is_refused():
+    from burn.attacks import SSBA
+    from burn.data import ImageDataset
+    from burn.resources import StoredResource
+    from burn.stegastamp import StegaStampCfg
+
+    net = StegaStampCfg(secret_length=8).network(10, 32, "cifar10")
+    ds = ImageDataset(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.arange(4),
+                      tuple("abcdefghij"), "toy")
+    stored = StoredResource(net.eval(), "k", {"bit_accuracy": 0.49})
+    with pytest.raises(ValueError, match="did not learn to hide its secret.*0.490"):
+        SSBA(secret_length=8).fit(ds, generator=torch.Generator(), resources={"stegastamp": stored})
+    ok = SSBA(secret_length=8, min_bit_accuracy=0.0).fit(
+        ds, generator=torch.Generator(), resources={"stegastamp": stored})
+    assert ok.encoder is not None

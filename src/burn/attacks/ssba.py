@@ -47,6 +47,9 @@ class SSBA(Attack):
     l2_await: int = 1000
     l2_ramp: int = 3000
     secret_seed: int = 0
+    # An encoder whose decoder reads fewer bits was never asked to keep the image (the L2 loss
+    # switches on at 0.9, BackdoorBench's threshold): fit refuses it.
+    min_bit_accuracy: float = 0.9
     # set by fit(): the stored encoder (eval mode) and its key and record's metrics
     encoder: nn.Module | None = field(default=None, repr=False, compare=False)
     fitted: dict = field(default_factory=dict, compare=False)
@@ -68,6 +71,13 @@ class SSBA(Attack):
             raise ValueError("SSBA hides its secret with a trained StegaStamp encoder: fit it "
                              "through burn.experiment (burn attack --attack ssba), which trains "
                              "or loads it, or pass resources={'stegastamp': StoredResource}")
+        bits = stored.record.get("bit_accuracy")
+        if bits is not None and bits < self.min_bit_accuracy:
+            raise ValueError(
+                f"the StegaStamp encoder {stored.key} did not learn to hide its secret: its "
+                f"decoder reads {bits:.3f} of the bits on test images (needs {self.min_bit_accuracy}; "
+                "0.5 is chance), so its images are no SSBA trigger. Train it longer, e.g. "
+                "--set attack.params.epochs=N (another key), and see docs/backdoorbench.md")
         fitted = {"stegastamp_key": stored.key,
                   **{f"stegastamp_{k}": stored.record[k] for k in RECORD_METRICS
                      if k in stored.record}}
