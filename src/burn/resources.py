@@ -81,6 +81,7 @@ class StoredResource:
     net: nn.Module  # in eval mode, on the requested device
     key: str
     record: dict
+    folder: Path | None = None  # where it is stored; what an attack derives from it goes beside
 
 
 def _half(state: dict) -> dict:
@@ -130,7 +131,7 @@ def resource_stage(res: Resource, train: ImageDataset, test: ImageDataset, *, da
     if tensors_sha256(saved["state_dict"]) != saved.get("sha256"):
         raise DamagedFileError(pt, "its weights do not match their checksum", hint)
     return StoredResource(_loaded(res, saved["state_dict"], train.num_classes, size, data.dataset,
-                                  device), key, record)
+                                  device), key, record, folder)
 
 
 def _fields(res: Resource) -> str:

@@ -136,3 +136,22 @@ def test_measures_draw_their_test_images_from_every_class_and_can_be_redone(smok
                       runtime=dataclasses.replace(runtime, results_root=str(root)), rebuild="x")
     assert after["wall_s"] == before["wall_s"] and after["key"] == before["key"]
     assert after["remeasured"]["time_utc"] and {"clean_acc", "pgd_acc"} <= set(after)
+
+
+def test_pgd_images_are_stored_beside_the_robust_model_and_read_back(smoke_lc, monkeypatch,
+                                                                      tmp_path):
+    import shutil
+
+    import burn.attacks.lc as lc
+
+    cfg, runtime, run = smoke_lc
+    root = tmp_path / "results"
+    shutil.copytree(runtime.results_root, root)
+    runtime = dataclasses.replace(runtime, results_root=str(root))
+    (npz,) = resources_dir(cfg, root).glob("lc_pgd-*.npz")
+    monkeypatch.setattr(lc, "_craft_now", lambda *a, **k: pytest.fail("crafted again"))
+    again = attacked_model(cfg, runtime)
+    assert torch.equal(again.poisoned.images, run.poisoned.images)
+    npz.write_bytes(b"garbage")
+    with pytest.raises(DamagedFileError, match="lc_pgd-.*craft the PGD images again"):
+        attacked_model(cfg, runtime)
