@@ -197,3 +197,19 @@ def test_an_encoder_that_never_learned_is_refused():
     ok = SSBA(secret_length=8, min_bit_accuracy=0.0).fit(
         ds, generator=torch.Generator(), resources={"stegastamp": stored})
     assert ok.encoder is not None
+
+
+def test_kaiming_init_is_an_option_that_keeps_the_stored_key():
+    from burn.config import load_preset
+    from burn.resources import resource_key
+
+    data = load_preset("smoke").data
+    assert resource_key(StegaStampCfg(), data, 0) == resource_key(StegaStampCfg(init="pytorch"), data, 0)
+    assert resource_key(StegaStampCfg(init="kaiming"), data, 0) != resource_key(StegaStampCfg(), data, 0)
+    from burn.stegastamp import _seeded
+
+    make = lambda: StegaStampCfg(secret_length=8).network(10, 32)  # noqa: E731
+    a, b = _seeded(make, 0, "kaiming"), _seeded(make, 0, "kaiming")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    default = _seeded(make, 0)
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), default.state_dict().values()))

@@ -47,6 +47,7 @@ class SSBA(Attack):
     l2_await: int = 1000
     l2_ramp: int = 3000
     secret_seed: int = 0
+    init: str = "pytorch"  # the encoder's initial weights (burn.stegastamp.StegaStampCfg.init)
     # An encoder whose decoder reads fewer bits was never asked to keep the image (the L2 loss
     # switches on at 0.9, BackdoorBench's threshold): fit refuses it.
     min_bit_accuracy: float = 0.9
@@ -60,7 +61,8 @@ class SSBA(Attack):
     def resources(self) -> dict:
         return {"stegastamp": StegaStampCfg(
             secret_length=self.secret_length, epochs=self.epochs, batch_size=self.batch_size,
-            lr=self.lr, l2_weight=self.l2_weight, l2_await=self.l2_await, l2_ramp=self.l2_ramp)}
+            lr=self.lr, l2_weight=self.l2_weight, l2_await=self.l2_await, l2_ramp=self.l2_ramp,
+            init=self.init)}
 
     def fit(self, train: ImageDataset, *, generator: torch.Generator, model=None,
             resources: dict | None = None, **context) -> "SSBA":
