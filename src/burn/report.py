@@ -210,7 +210,9 @@ def baselines_table(res: Path, attacks: list[str]) -> str:
 # Burn's selections side by side: the paper's, the random control and the opt-ins
 SELECTIONS = {"burn": "paper's ranking", "burn:random": "random `P_t` (control)",
               "burn:lambda_end_0.5": "`lambda_end` 0.5", "burn:suspect_class": "suspect class",
-              "burn:spread_class": "spread class", "burn:coverage_class": "coverage class"}
+              "burn:spread_class": "spread class",
+              "burn:coverage_class_nokeep": "coverage class",
+              "burn:coverage_class": "coverage class + keep"}
 
 
 def selections_table(res: Path, attacks: list[str]) -> str:
@@ -248,7 +250,8 @@ SEED_MEASURES = {
 BURN_RUNS = {"burn": "Burn", "burn_lambda_end_0.5": "Burn, lambda_end 0.5",
              "burn_suspect_class": "Burn, suspect class", "burn_random": "Burn, random P_t (control)",
              "burn_spread_class": "Burn, spread class",
-             "burn_coverage_class": "Burn, coverage class"}
+             "burn_coverage_class_nokeep": "Burn, coverage class",
+             "burn_coverage_class": "Burn, coverage class + keep suspect class"}
 
 
 def seed_dirs(run_dir: Path) -> dict[int, Path]:
