@@ -39,15 +39,16 @@ class SSBA(Attack):
     ``secret_seed``: the seed of the one secret (``secret_length`` bits) in every poisoned
     image."""
 
-    secret_length: int = 100
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-4
-    l2_weight: float = 10.0
-    l2_await: int = 1000
-    l2_ramp: int = 3000
+    # the encoder's hyperparameters: StegaStampCfg's fields of the same names, and its defaults
+    secret_length: int = StegaStampCfg.secret_length
+    epochs: int = StegaStampCfg.epochs
+    batch_size: int = StegaStampCfg.batch_size
+    lr: float = StegaStampCfg.lr
+    l2_weight: float = StegaStampCfg.l2_weight
+    l2_await: int = StegaStampCfg.l2_await
+    l2_ramp: int = StegaStampCfg.l2_ramp
+    init: str = StegaStampCfg.init
     secret_seed: int = 0
-    init: str = "pytorch"  # the encoder's initial weights (burn.stegastamp.StegaStampCfg.init)
     # An encoder whose decoder reads fewer bits was never asked to keep the image (the L2 loss
     # switches on at 0.9, BackdoorBench's threshold): fit refuses it.
     min_bit_accuracy: float = 0.9
@@ -59,10 +60,9 @@ class SSBA(Attack):
     label = "SSBA"
 
     def resources(self) -> dict:
-        return {"stegastamp": StegaStampCfg(
-            secret_length=self.secret_length, epochs=self.epochs, batch_size=self.batch_size,
-            lr=self.lr, l2_weight=self.l2_weight, l2_await=self.l2_await, l2_ramp=self.l2_ramp,
-            init=self.init)}
+        shared = {f.name for f in dataclasses.fields(StegaStampCfg)} & \
+            {f.name for f in dataclasses.fields(self)}
+        return {"stegastamp": StegaStampCfg(**{k: getattr(self, k) for k in shared})}
 
     def fit(self, train: ImageDataset, *, generator: torch.Generator, model=None,
             resources: dict | None = None, **context) -> "SSBA":
