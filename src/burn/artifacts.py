@@ -20,7 +20,7 @@ from . import keys
 from . import published
 from .analysis import auroc, roc_curve, top_fraction_stats
 from .cache import config_hash, load_npz, read_json, save_npz
-from .config import PROJECT_ROOT, load_preset
+from .config import PROJECT_ROOT, artifact_cfg
 from .data import dataset_spec
 from .deepfool import deepfool
 from .defense_stage import defense_run, make_defense, matching_record
@@ -51,8 +51,7 @@ def load_runs(preset: str, dataset: str, attacks, runtime: Runtime = Runtime()) 
     """Attacked models of ``attacks`` (trained, or loaded from the committed results)."""
     runs = {}
     for a in attacks:
-        cfg = load_preset(preset, {"data": {"dataset": dataset}, "attack": {"name": a}})
-        runs[a] = attacked_model(cfg, runtime)
+        runs[a] = attacked_model(artifact_cfg(preset, dataset, a), runtime)
     return runs
 
 
@@ -101,6 +100,7 @@ def table1_boundary_distance(runs: dict[str, AttackRun], *, n: int = 1000, seed:
         ci, pi = _sample(mask, n, seed)
         norms, conv = bd["norms"].double(), bd["converged"].bool()
         row = {"dataset": run.poisoned.name.split(",")[0], "attack": name, "model": "attacked model",
+               "variant": run.cfg.variant,
                "n_clean": len(ci), "n_poisoned": len(pi),
                "mean_clean": float(norms[ci].mean()), "median_clean": float(norms[ci].median()),
                "mean_poisoned": float(norms[pi].mean()) if len(pi) else float("nan"),
@@ -329,8 +329,7 @@ def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=
     them."""
     rows, missing = [], []
     for a in attacks:
-        cfg = load_preset(preset, {"data": {"dataset": dataset}, "attack": {"name": a}})
-        d = results_dir(cfg, results_root)
+        d = results_dir(artifact_cfg(preset, dataset, a), results_root)
         files = [(defense, d / f"{defense}.json", False) for defense in ("none", *defenses)]
         for defense in defenses:
             files += [(f"{defense}:{f.stem[len(defense) + 1:]}", f, True)

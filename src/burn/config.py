@@ -237,9 +237,7 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def load_preset(name: str, overrides: dict[str, Any] | None = None) -> ExperimentCfg:
-    """Load ``experiments/presets/<name>.yaml`` (or a path to a YAML file) and apply
-    ``overrides``, a nested dict such as ``{"attack": {"name": "blended"}}``."""
+def _preset_path(name: str) -> Path:
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = PRESET_DIR / f"{name}.yaml"
@@ -247,8 +245,42 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Experimen
         raise ConfigError(
             f"no preset {name!r}: looked for {path}; available presets: {available_presets()}"
         )
+    return path
+
+
+def _read_preset(name: str) -> dict:
+    path = _preset_path(name)
     raw = yaml.safe_load(path.read_text()) or {}
     raw.setdefault("preset", path.stem)
+    return raw
+
+
+def artifact_overrides(name: str, attack: str) -> dict[str, Any]:
+    """The overrides under which the paper's artifacts (notebooks, Fig. 4, the report) read
+    ``attack`` of preset ``name``: ``{}`` (the preset's own model), or the variant the preset
+    names under ``artifact_variants: {ATTACK: {variant: NAME, <section>: {...}}}`` where the
+    repository's model of that attack was trained as a variant (e.g. in fp32 on a CPU without
+    bf16). The variant's own overrides are given in full, so its stored key is checked."""
+    entry = (_read_preset(name).get("artifact_variants") or {}).get(attack) or {}
+    if entry and not entry.get("variant"):
+        raise ConfigError(f"artifact_variants.{attack} in preset {name!r} names no variant: give "
+                          "{variant: NAME, ...} with the overrides that variant was run with")
+    return moved(dict(entry))
+
+
+def artifact_cfg(name: str, dataset: str, attack: str) -> ExperimentCfg:
+    """The config of ``attack`` on ``dataset`` as the paper's artifacts read it
+    (``artifact_overrides``)."""
+    return load_preset(name, _deep_merge(artifact_overrides(name, attack),
+                                         {"data": {"dataset": dataset}, "attack": {"name": attack}}))
+
+
+def load_preset(name: str, overrides: dict[str, Any] | None = None) -> ExperimentCfg:
+    """Load ``experiments/presets/<name>.yaml`` (or a path to a YAML file) and apply
+    ``overrides``, a nested dict such as ``{"attack": {"name": "blended"}}``."""
+    path = _preset_path(name)
+    raw = _read_preset(name)
+    raw.pop("artifact_variants", None)
     # ``dataset_overrides: {cifar100: {model: {arch: preactresnet34}}}`` in a preset applies
     # to the dataset finally chosen (the paper uses a deeper model for CIFAR-100 / Tiny).
     # ``attack_overrides: {inputaware: {attack: {params: {mask_epochs: 2}}}}`` likewise applies

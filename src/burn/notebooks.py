@@ -99,6 +99,8 @@ def setup(preset: str, dataset: str, attacks, *, results_root=None, figures_root
     runs = load_runs(preset, dataset, attacks, runtime)
     data_name = next(iter(runs.values())).poisoned.name.split(",")[0]
     meta = {"preset": preset, "dataset": data_name, "attacks": list(attacks),
-            "attack_config_hashes": {a: r.key for a, r in runs.items()}}
-    print(data_name, "|", {a: f"ACC {r.record['acc']:.3f} ASR {r.record['asr']:.3f}" for a, r in runs.items()})
+            "attack_config_hashes": {a: r.key for a, r in runs.items()},
+            "attack_variants": {a: r.cfg.variant for a, r in runs.items() if r.cfg.variant}}
+    print(data_name, "|", {a: f"ACC {r.record['acc']:.3f} ASR {r.record['asr']:.3f}"
+                           + (f" (variant {r.cfg.variant})" if r.cfg.variant else "") for a, r in runs.items()})
     return Setup(res, figs, runtime, runs, data_name, meta)

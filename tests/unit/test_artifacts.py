@@ -192,3 +192,40 @@ def test_fig5_figure_is_the_same_file_when_values_move_in_their_last_bits():
 
     moved = dist.assign(distance=np.nextafter(d, np.inf))
     assert pdf(dist) == pdf(moved)
+
+
+def _preset_with_variants(tmp_path, entry: str):
+    from burn.config import PRESET_DIR
+
+    text = (PRESET_DIR / "smoke.yaml").read_text() + f"\nartifact_variants:\n  lc: {entry}\n"
+    path = tmp_path / "smokev.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_artifacts_read_the_variant_the_preset_names(tmp_path):
+    """An attack under ``artifact_variants`` is read from that variant's folder, with its own
+    overrides; every other attack, and the preset's own config, are as without the entry."""
+    from burn.config import artifact_cfg, load_preset, replace
+
+    preset = _preset_with_variants(tmp_path, "{variant: fp32, train: {amp_bf16: false}}")
+    lc = artifact_cfg(preset, "synthetic", "lc")
+    assert (lc.variant, lc.train.amp_bf16, lc.attack.name) == ("fp32", False, "lc")
+    same = {"preset": "smokev"}  # the preset's name is the file's; nothing else differs
+    assert artifact_cfg(preset, "synthetic", "badnets") == replace(
+        load_preset("smoke", {"attack": {"name": "badnets"}}), **same)
+    assert load_preset(preset) == replace(load_preset("smoke"), **same)
+    d = tmp_path / "smokev" / "synthetic" / "lc" / "variants" / "fp32"
+    write_json(d / "none.json", {"acc": 0.76, "asr": 0.98, "ra": 0.01})
+    df, missing = defense_tradeoff(preset, "synthetic", ["lc"], ["burn"], results_root=tmp_path)
+    assert df[["defense", "acc"]].values.tolist() == [["none", 0.76]] and missing == ["lc/burn"]
+
+
+def test_an_artifact_variant_without_a_name_is_refused(tmp_path):
+    import pytest
+
+    from burn.config import ConfigError, artifact_cfg
+
+    preset = _preset_with_variants(tmp_path, "{train: {amp_bf16: false}}")
+    with pytest.raises(ConfigError, match="names no variant"):
+        artifact_cfg(preset, "synthetic", "lc")
