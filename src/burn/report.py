@@ -207,20 +207,26 @@ def baselines_table(res: Path, attacks: list[str]) -> str:
     return _md(header, rows)
 
 
-# Burn's selections side by side: the paper's, the random control and the opt-ins
-SELECTIONS = {"burn": "paper's ranking", "burn:random": "random `P_t` (control)",
-              "burn:lambda_end_0.5": "`lambda_end` 0.5", "burn:suspect_class": "suspect class",
-              "burn:spread_class": "spread class",
-              "burn:coverage_class_nokeep": "coverage class",
-              "burn:coverage_class": "coverage class + keep"}
+# Burn's runs side by side, by tag ("" is the paper's defaults, ``burn.json``; a tag T is
+# ``burn_T.json``, Fig. 4's ``burn:T``): the random control and the opt-ins. None uses clean data.
+BURN_RUNS = {"": "paper's ranking", "random": "random `P_t` (control)",
+             "lambda_end_0.5": "`lambda_end` 0.5", "suspect_class": "suspect class",
+             "spread_class": "spread class", "coverage_class_nokeep": "coverage class",
+             "coverage_class": "coverage class + keep"}
+
+
+def burn_run(tag: str, sep: str) -> str:
+    """The name of Burn's run ``tag``: its record's stem (``sep`` "_") or Fig. 4's defense (":")."""
+    return f"burn{sep}{tag}" if tag else "burn"
 
 
 def selections_table(res: Path, attacks: list[str]) -> str:
     """ACC / ASR per attack of Burn with each selection (none of them uses clean data)."""
     d = _defense_rows(res)
+    runs = [burn_run(tag, ":") for tag in BURN_RUNS]
     rows = [[attack_label(a), _pair(*d[(a, "none")]) if (a, "none") in d else "-"]
-            + [_pair(*d[(a, k)]) if (a, k) in d else "not run" for k in SELECTIONS] for a in attacks]
-    return _md(["", "attacked model", *SELECTIONS.values()], rows)
+            + [_pair(*d[(a, k)]) if (a, k) in d else "not run" for k in runs] for a in attacks]
+    return _md(["", "attacked model", *BURN_RUNS.values()], rows)
 
 
 def readme_blocks(preset: str = README_PRESET, dataset: str = "cifar10", *, results_root=None) -> dict:
@@ -247,12 +253,6 @@ SEED_MEASURES = {
     "attacked ACC": ("none", "acc"), "attacked ASR": ("none", "asr"),
     "AUROC": ("burn", "deepfool.auroc"), "top-0.5% precision": ("burn", "deepfool.top0.5pct_precision"),
 }
-BURN_RUNS = {"burn": "Burn", "burn_lambda_end_0.5": "Burn, lambda_end 0.5",
-             "burn_suspect_class": "Burn, suspect class", "burn_random": "Burn, random P_t (control)",
-             "burn_spread_class": "Burn, spread class",
-             "burn_coverage_class_nokeep": "Burn, coverage class",
-             "burn_coverage_class": "Burn, coverage class + keep suspect class"}
-
 
 def seed_dirs(run_dir: Path) -> dict[int, Path]:
     """``{seed: folder}`` of a run's seeds that have an attacked model's record."""
@@ -272,8 +272,9 @@ def seed_table(run_dirs: dict[str, Path]) -> pd.DataFrame:
     from .cache import read_json
 
     measures = dict(SEED_MEASURES)
-    for stem, label in BURN_RUNS.items():
-        measures |= {f"{label}: ACC": (stem, "acc"), f"{label}: ASR": (stem, "asr")}
+    for tag, label in BURN_RUNS.items():
+        stem = burn_run(tag, "_")
+        measures |= {f"Burn, {label}: ACC": (stem, "acc"), f"Burn, {label}: ASR": (stem, "asr")}
     rows = []
     for attack, run_dir in run_dirs.items():
         for seed, d in seed_dirs(run_dir).items():
@@ -305,8 +306,9 @@ def seed_intervals(df: pd.DataFrame) -> pd.DataFrame:
     for (attack, measure), g in df.groupby(["attack", "measure"], sort=False):
         mean, half = t_interval(g["value"])
         row = {"attack": attack, "measure": measure, "n": len(g), "seeds": " ".join(map(str, g["seed"])),
-               "values": " ".join(f"{v:.3f}" for v in g["value"]), "mean": mean, "ci95_half": half}
-        if measure.endswith(": ASR"):
+               "values": " ".join(f"{v:.3f}" for v in g["value"]), "mean": mean, "ci95_half": half,
+               "removed": ""}
+        if measure.startswith("Burn") and measure.endswith(": ASR"):
             row["removed"] = f"{int((g['value'] <= REMOVED_AT).sum())} of {len(g)}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -341,6 +343,6 @@ def seeds_section(res: Path) -> list[str]:
                   _md(["attack", "measure", "seeds", "values", "mean ± 95% CI", "removed"],
                       [[attack_label(r.attack), r.measure, r.seeds, r.values,
                         f"{r.mean:.3f} ± {r.ci95_half:.3f}" if r.n > 1 else f"{r.mean:.3f}",
-                        getattr(r, "removed", "") if isinstance(getattr(r, "removed", ""), str) else ""]
+                        r.removed]
                        for r in df.itertuples()]), ""]
     return lines

@@ -128,7 +128,7 @@ class Job:
 
 # ------------------------------------------------------------------------------------ the spec
 def _nested(overrides: dict | None, where: str) -> dict:
-    """``{"burn.selection": "random"}`` -> ``{"burn": {"selection": "random"}}`` (nested
+    """``{"defenses.burn.selection": "random"}`` -> ``{"defenses": {"burn": {"selection": "random"}}}`` (nested
     mappings are kept; both forms may mix)."""
     if not isinstance(overrides or {}, dict):
         raise ConfigError(f"{where}: `set` is a mapping of KEY: VALUE, got {overrides!r}")

@@ -46,7 +46,7 @@ def test_seed_intervals_from_records_under_seeds(tmp_path):
     write_json(tmp_path / "badnets" / "none.json", {"acc": 0.8, "asr": 0.9})  # one seed: no group
     assert list(seed_groups(tmp_path)) == ["preset"]
     df = seed_intervals(seed_table(seed_groups(tmp_path)["preset"]))
-    asr = df[(df.attack == "lf") & (df.measure == "Burn: ASR")].iloc[0]
+    asr = df[(df.attack == "lf") & (df.measure == "Burn, paper's ranking: ASR")].iloc[0]
     assert asr.n == 3 and asr.seeds == "0 1 2" and asr.removed == "2 of 3"
     assert asr["mean"] == pytest.approx(0.09)
     # t(0.975, 2) = 4.303; sd of (0.05, 0.20, 0.02) = 0.0964
