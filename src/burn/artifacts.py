@@ -32,14 +32,11 @@ from .models import to_model_format
 from .runtime import Runtime
 from .stages import EntryStore, cached
 
-# The paper's names of the attacks not built yet; a built attack names itself (``label``).
-PAPER_ATTACK_LABELS = {"lc": "CL", "ssba": "SSBA"}
-
 
 def attack_label(name: str) -> str:
     from .attacks import ATTACKS
 
-    return ATTACKS[name].label if name in ATTACKS else PAPER_ATTACK_LABELS.get(name, name)
+    return ATTACKS[name].label if name in ATTACKS else name
 
 
 PAPER_ATTACKS = ("badnets", "blended", "inputaware", "lc", "lf", "ssba", "trojannn")
