@@ -4,6 +4,7 @@ or an interrupted run never leaves half a file where a result used to be."""
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def ensure_writable(folder) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
+        # per process and thread: two writers in one process must not remove each other's probe
+        probe = folder / f".write-probe-{os.getpid()}-{threading.get_ident()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
