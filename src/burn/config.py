@@ -248,8 +248,7 @@ def _preset_path(name: str) -> Path:
     return path
 
 
-def _read_preset(name: str) -> dict:
-    path = _preset_path(name)
+def _read_preset(path: Path) -> dict:
     raw = yaml.safe_load(path.read_text()) or {}
     raw.setdefault("preset", path.stem)
     return raw
@@ -261,7 +260,7 @@ def artifact_overrides(name: str, attack: str) -> dict[str, Any]:
     names under ``artifact_variants: {ATTACK: {variant: NAME, <section>: {...}}}`` where the
     repository's model of that attack was trained as a variant (e.g. in fp32 on a CPU without
     bf16). The variant's own overrides are given in full, so its stored key is checked."""
-    entry = (_read_preset(name).get("artifact_variants") or {}).get(attack) or {}
+    entry = (_read_preset(_preset_path(name)).get("artifact_variants") or {}).get(attack) or {}
     if entry and not entry.get("variant"):
         raise ConfigError(f"artifact_variants.{attack} in preset {name!r} names no variant: give "
                           "{variant: NAME, ...} with the overrides that variant was run with")
@@ -279,7 +278,7 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Experimen
     """Load ``experiments/presets/<name>.yaml`` (or a path to a YAML file) and apply
     ``overrides``, a nested dict such as ``{"attack": {"name": "blended"}}``."""
     path = _preset_path(name)
-    raw = _read_preset(name)
+    raw = _read_preset(path)
     raw.pop("artifact_variants", None)
     # ``dataset_overrides: {cifar100: {model: {arch: preactresnet34}}}`` in a preset applies
     # to the dataset finally chosen (the paper uses a deeper model for CIFAR-100 / Tiny).
