@@ -179,6 +179,26 @@ def cmd_defend(args) -> int:
     return 0
 
 
+def cmd_deepfool(args) -> int:
+    from .distances import boundary_distances, deepfool_parts_from_end
+    from .experiment import attacked_model
+
+    run = attacked_model(_config(args), _runtime(args))
+    if args.from_end:
+        n = deepfool_parts_from_end(run)
+        print(f"{n} DeepFool part(s) computed from the end; the job filling them from the front "
+              f"writes {run.results_dir / 'deepfool.npz'}")
+        return 0
+    d = boundary_distances(run)
+    mask = run.poisoned.poison_mask.bool()
+    clean, pois = d["norms"][~mask].double(), d["norms"][mask].double()
+    ratio = f", ratio {pois.mean() / clean.mean():.2f}" if len(pois) else ""
+    print(f"deepfool: {len(mask)} training images; mean L2 distance clean {clean.mean():.4f}, "
+          f"poisoned {pois.mean() if len(pois) else float('nan'):.4f}{ratio}; computed in "
+          f"{d['wall_s']:.0f} s; {run.results_dir / 'deepfool.npz'}")
+    return 0
+
+
 def cmd_regime(args) -> int:
     from . import plotting
     from .provenance import save_figure, save_table
@@ -287,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="store_true",
                    help="run the defense even if a record of this model and config is stored")
     p.set_defaults(func=cmd_defend)
+
+    p = sub.add_parser("deepfool", help="the DeepFool distances of an attacked model's training "
+                       "set (deepfool.npz), without a defense", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--from-end", action="store_true",
+                   help="a second worker: compute the parts from the last backwards until they "
+                        "meet those of a `burn deepfool` or `burn defend` of the same model "
+                        "running beside it (half the wall time on two cores); writes no deepfool.npz")
+    p.set_defaults(func=cmd_deepfool)
 
     p = sub.add_parser("regime", help="the regime study: which training regime makes Burn's selection work",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -51,6 +51,20 @@ def distances_key(run: AttackRun) -> str:
     return keys.distances_key(run.key, run.cfg.deepfool)
 
 
+def _parts(images: Tensor, parts_dir: Path, batch_size: int) -> list[tuple]:
+    """The parts of ``images``: (store, key of its images, start, stop) each."""
+    chunk = CHUNK_BATCHES * batch_size
+    return [(TorchStore(parts_dir / f"part_{s:08d}_{min(s + chunk, len(images)):08d}.pt"),
+             tensors_sha256({"images": images[s:s + chunk]}), s, min(s + chunk, len(images)))
+            for s in range(0, len(images), chunk)]
+
+
+def _other_images(store):
+    return lambda stored: ValueError(
+        f"{store.path} holds the distances of other images than these: the model's key must "
+        f"identify its data; delete {store.path.parent} to compute them again")
+
+
 def deepfool_in_parts(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, parts_dir: Path, *,
                       batch_size: int, progress: bool = True) -> DeepFoolResult:
     """``deepfool_dataset`` over ``images`` in parts of ``CHUNK_BATCHES`` batches, each stored
@@ -60,19 +74,9 @@ def deepfool_in_parts(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, parts_
     ``parts_dir`` must identify the model, the config and the batch size; a part stored there
     for other images is an error, not recomputed or reused."""
     n = len(images)
-    chunk = CHUNK_BATCHES * batch_size
-    parts = []
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        parts.append((TorchStore(parts_dir / f"part_{s:08d}_{e:08d}.pt"),
-                      tensors_sha256({"images": images[s:e]}), s, e))
+    parts = _parts(images, parts_dir, batch_size)
     done = sum(math.ceil((e - s) / batch_size) for store, key, s, e in parts
                if store.stored_key() == key)
-
-    def other_images(store):
-        return lambda stored: ValueError(
-            f"{store.path} holds the distances of other images than these: the model's key "
-            f"must identify its data; delete {parts_dir} to compute them again")
 
     results = []
     with tqdm(total=math.ceil(n / batch_size), initial=done, desc="deepfool",
@@ -83,8 +87,43 @@ def deepfool_in_parts(model: nn.Module, images: Tensor, cfg: DeepFoolCfg, parts_
                                         bar=bar).tensors()
 
             results.append(DeepFoolResult(**cached(store, key, compute,
-                                                   conflict=other_images(store))))
+                                                   conflict=_other_images(store))))
     return DeepFoolResult.cat(results)
+
+
+def _parts_dir(run: AttackRun) -> Path:
+    return run_dir("deepfool", keys.deepfool_parts_key(distances_key(run),
+                                                       run.runtime.deepfool_batch_size()))
+
+
+def deepfool_parts_from_end(run: AttackRun) -> int:
+    """A second worker for ``boundary_distances`` of ``run``: computes its parts from the last
+    one backwards and stops at the first part already stored (or being computed: it waits for
+    that part's lock, then reads it). Beside a ``burn deepfool`` or ``burn defend`` of the same
+    model, which fills the parts from the front, the two meet in the middle and that job reads
+    this one's parts (the same batches, so bit-identical): on two cores, half the wall time.
+    Writes no ``deepfool.npz``. Returns the number of parts it computed."""
+    rt = run.runtime
+    if NpzStore(run.results_dir / "deepfool.npz").stored_key() == distances_key(run):
+        return 0
+    bs, computed = rt.deepfool_batch_size(), []
+    parts = _parts(run.poisoned.images, _parts_dir(run), bs)
+    with tqdm(total=len(parts), desc="deepfool parts from the end", disable=not rt.progress,
+              leave=False) as bar:
+        for store, key, s, e in reversed(parts):
+            if store.stored_key() == key:
+                break
+
+            def compute(s=s, e=e) -> dict:
+                computed.append(s)
+                return deepfool_dataset(run.model, run.poisoned.images[s:e], run.cfg.deepfool,
+                                        batch_size=bs).tensors()
+
+            cached(store, key, compute, conflict=_other_images(store))
+            bar.update()
+            if not computed or computed[-1] != s:  # the front job had it: we have met
+                break
+    return len(computed)
 
 
 def boundary_distances(run: AttackRun) -> dict:
@@ -99,7 +138,7 @@ def boundary_distances(run: AttackRun) -> dict:
     computed = []
 
     def compute():
-        parts_dir = run_dir("deepfool", keys.deepfool_parts_key(key, rt.deepfool_batch_size()))
+        parts_dir = _parts_dir(run)
         computed.append(parts_dir)
         rt.say(f"deepfool: L2 distance to the decision boundary of all {len(run.poisoned)} "
                f"training images ({rt.deepfool_batch_size()} a batch); parts are saved in "

@@ -68,7 +68,7 @@ def table1_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
     d = df.assign(attack=df["attack"].map(_attack_label))
     if "model" in d:  # the clean model's row (Table 1's "Clean" column read as a clean model)
         d.loc[d["model"] == "clean model", "attack"] = "Clean model"
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     long = d.melt(id_vars="attack", value_vars=["mean_clean", "mean_poisoned"], var_name="samples",
                   value_name="distance")
     long["samples"] = long["samples"].map({"mean_clean": "clean", "mean_poisoned": "poisoned"})
@@ -83,8 +83,10 @@ def table1_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
     sns.barplot(r, x="attack", y="ratio", hue="source", ax=axes[1])
     axes[1].axhline(1.0, color="grey", lw=1, ls="--")
     axes[1].set(ylabel="poisoned / clean distance", xlabel="attack", title="Ratio, ours vs the paper")
-    for ax in axes:  # legends below the axes, never over a bar
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
+    for ax in axes:  # slanted attack names (eight groups overlap flat); legends below the names
+        ax.tick_params(axis="x", labelrotation=35)
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 

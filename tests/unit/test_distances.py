@@ -116,3 +116,45 @@ def test_boundary_distances_resume_then_store_npz_and_drop_parts(model, images, 
     again = dist.boundary_distances(run)
     assert sizes == []
     _equal({k: again[k] for k in expected}, expected)
+
+
+def test_parts_from_the_end_meet_the_front_job_and_it_reads_them(model, images, tmp_path,
+                                                                 monkeypatch):
+    """``burn deepfool --from-end`` beside a front job: it computes the parts the front job has
+    not, from the last, stops at the first one stored, and the front job then reads its parts
+    (bit-identical to one pass); once deepfool.npz is stored it does nothing."""
+    monkeypatch.setattr(dist, "CHUNK_BATCHES", 1)
+    run = _Run(model, _Poisoned(images), tmp_path / "results")
+    expected = deepfool_dataset(model, images, CFG, batch_size=8, progress=False).tensors()
+    _spy(monkeypatch, stop_after=1)  # the front job has stored part 0, then stops
+    with pytest.raises(KeyboardInterrupt):
+        dist.boundary_distances(run)
+
+    sizes = _spy(monkeypatch)
+    assert dist.deepfool_parts_from_end(run) == 2
+    assert sizes == [4, 8]  # parts 2 and 1, from the end; part 0 was stored: met
+    sizes = _spy(monkeypatch)
+    bd = dist.boundary_distances(run)
+    assert sizes == []  # every part was stored by one of the two
+    _equal({k: bd[k] for k in expected}, expected)
+
+    sizes = _spy(monkeypatch)
+    assert dist.deepfool_parts_from_end(run) == 0 and sizes == []
+
+
+def test_cli_deepfool_from_the_end_then_from_the_front(tmp_path, capsys):
+    """``burn deepfool --from-end`` computes parts but no deepfool.npz; ``burn deepfool`` then
+    writes deepfool.npz from them, and a second ``--from-end`` has nothing to do."""
+    from burn.cli import main
+
+    args = ["deepfool", "--preset", "smoke", "--results-root", str(tmp_path), "--quiet"]
+    npz = tmp_path / "smoke" / "synthetic" / "badnets" / "deepfool.npz"
+    assert main([*args, "--from-end"]) == 0
+    out = capsys.readouterr().out
+    assert "part(s) computed from the end" in out and not npz.exists()
+    assert int(out.split("DeepFool part(s)")[0].split()[-1]) >= 1
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert npz.exists() and "mean L2 distance clean" in out and "ratio" in out
+    assert main([*args, "--from-end"]) == 0
+    assert "0 DeepFool part(s)" in capsys.readouterr().out
