@@ -180,6 +180,7 @@ def cmd_defend(args) -> int:
 
 
 def cmd_deepfool(args) -> int:
+    from .defense_stage import distances_summary
     from .distances import boundary_distances, deepfool_parts_from_end
     from .experiment import attacked_model
 
@@ -189,13 +190,12 @@ def cmd_deepfool(args) -> int:
         print(f"{n} DeepFool part(s) computed from the end; the job filling them from the front "
               f"writes {run.results_dir / 'deepfool.npz'}")
         return 0
-    d = boundary_distances(run)
-    mask = run.poisoned.poison_mask.bool()
-    clean, pois = d["norms"][~mask].double(), d["norms"][mask].double()
-    ratio = f", ratio {pois.mean() / clean.mean():.2f}" if len(pois) else ""
-    print(f"deepfool: {len(mask)} training images; mean L2 distance clean {clean.mean():.4f}, "
-          f"poisoned {pois.mean() if len(pois) else float('nan'):.4f}{ratio}; computed in "
-          f"{d['wall_s']:.0f} s; {run.results_dir / 'deepfool.npz'}")
+    d = distances_summary(run, boundary_distances(run))
+    ratio = f", ratio {d['mean_ratio']:.2f}, AUROC {d['auroc']:.3f}" if d["n_poisoned"] else ""
+    poisoned = f"{d['mean_poisoned']:.4f}" if d["n_poisoned"] else "-"
+    print(f"deepfool: {d['n']} training images; mean L2 distance clean {d['mean_clean']:.4f}, "
+          f"poisoned {poisoned}{ratio}; computed in {d['wall_s']:.0f} s; "
+          f"{run.results_dir / 'deepfool.npz'}")
     return 0
 
 

@@ -110,7 +110,7 @@ def _defend(run: AttackRun, defense: Defense, path) -> dict:
               "dataset": run.record["dataset"], "attack": run.record["attack"],
               "defense": defense.name, "wall_s": round(wall, 1)}
     if defense.needs_distances:
-        record["deepfool"] = _distances_summary(run, data.distances)
+        record["deepfool"] = distances_summary(run, data.distances)
     if defense.needs_clean_data:
         record["clean_subset"] = {"ratio": CLEAN_RATIO, "seed": run.cfg.seed,
                                   "n": len(data.clean_index), "index": data.clean_index.tolist()}
@@ -118,7 +118,8 @@ def _defend(run: AttackRun, defense: Defense, path) -> dict:
             "attack_config_hash": run.key, "config": to_dict(run.cfg), **provenance(run.runtime)}
 
 
-def _distances_summary(run: AttackRun, bd: dict) -> dict:
+def distances_summary(run: AttackRun, bd: dict) -> dict:
+    """What a record says of the distances ``bd`` of ``run`` (burn.json's ``deepfool``)."""
     mask = run.poisoned.poison_mask
     return {"key": bd["key"], "wall_s": round(bd["wall_s"], 1),
             "unconverged_clean": int((~bd["converged"].bool())[~mask].sum()),

@@ -111,9 +111,6 @@ def deepfool_parts_from_end(run: AttackRun) -> int:
     with tqdm(total=len(parts), desc="deepfool parts from the end", disable=not rt.progress,
               leave=False) as bar:
         for store, key, s, e in reversed(parts):
-            if store.stored_key() == key:
-                break
-
             def compute(s=s, e=e) -> dict:
                 computed.append(s)
                 return deepfool_dataset(run.model, run.poisoned.images[s:e], run.cfg.deepfool,
