@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,7 +20,7 @@ from burn.config import ConfigError
 from burn.lock import lock_path
 from burn.runtime import Runtime
 from burn.stages import JsonStore, cached
-from burn.sweep import SlurmCfg, load_sweep, plan, run_sweep, summary
+from burn.sweep import SlurmCfg, expand, load_sweep, plan, run_sweep, summary
 
 # smoke, smaller still: a model trains in about a second
 TINY = {"data.limit_train": 160, "data.limit_test": 80, "train.epochs": 1,
@@ -70,6 +71,19 @@ def test_spec_expands_along_the_stage_graph_and_refuses_what_it_cannot_run(tmp_p
         load_sweep(_spec(tmp_path, seed=[1]))
     with pytest.raises(ConfigError, match="unknown attack"):
         load_sweep(_spec(tmp_path, attacks=["badnet"]))
+
+
+@pytest.mark.parametrize("name", ["cpu", "cpu-fp32", "paper"])
+def test_committed_specs_expand(name):
+    """Each spec of experiments/sweeps loads and expands: its presets, variants and defense
+    options exist, and no two grids write one record differently."""
+    spec = load_sweep(Path(__file__).parents[2] / "experiments" / "sweeps" / f"{name}.yaml")
+    jobs = expand(spec)
+    models = [j for j in jobs if j.stage == "model"]
+    assert models and len(jobs) > len(models)
+    assert all(j.cfg.preset == ("paper" if name == "paper" else "cpu") for j in jobs)
+    if name != "paper":  # cpu trains in the preset's bf16, cpu-fp32 in fp32 only
+        assert {j.cfg.train.amp_bf16 for j in models} == {name == "cpu"}
 
 
 def test_debug_sweep_runs_every_job_once_and_redoes_only_a_killed_one(tmp_path, capsys):
