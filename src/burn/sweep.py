@@ -462,9 +462,19 @@ def run_sweep(sweep: Sweep, executor: str, runtime: Runtime, *, slurm: SlurmCfg 
     return _run_here(sweep, todo, executor, runtime, say)
 
 
+def run_order(todo: list[Job]) -> list[Job]:
+    """``todo`` depth first: each model job followed by its defense jobs, so that a model's
+    results land complete before the next model trains; then the defense jobs whose model is
+    stored, in the spec's order."""
+    models = [j for j in todo if j.stage == "model"]
+    of = {m.name: [j for j in todo if j.defense and j.model_job == m.name] for m in models}
+    ordered = [j for m in models for j in (m, *of[m.name])]
+    return ordered + [j for j in todo if j.defense and j.model_job not in of]
+
+
 def _run_here(sweep: Sweep, todo: list[Job], executor: str, runtime: Runtime, say) -> int:
-    """Run ``todo`` with the local or debug executor: at most ``_capacity`` jobs at once, each
-    defense job once its model job (if in ``todo``) completed."""
+    """Run ``todo`` with the local or debug executor, in ``run_order``: at most ``_capacity``
+    jobs at once, each defense job once its model job (if in ``todo``) completed."""
     import submitit
     import torch
 
@@ -476,7 +486,7 @@ def _run_here(sweep: Sweep, todo: list[Job], executor: str, runtime: Runtime, sa
         ex.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=gpus)
     capacity = _capacity(executor, runtime)
     waiting = {j.name for j in todo if j.stage == "model"}
-    pending, running, outcome = list(todo), {}, {}
+    pending, running, outcome = run_order(todo), {}, {}
     while pending or running:
         for name, sj in list(running.items()):
             if sj.done():

@@ -90,6 +90,9 @@ def test_debug_sweep_runs_every_job_once_and_redoes_only_a_killed_one(tmp_path, 
     spec = _spec(tmp_path)
     failed, said, _ = _sweep(tmp_path, "debug", spec)
     assert failed == 0 and sum(s.startswith("done: ") for s in said) == 12
+    # depth first: each model's defenses run before the next model trains
+    order = [s.split()[1].rstrip(":").removeprefix("smoke/synthetic/") for s in said if s.startswith("done: ")]
+    assert order[:4] == ["badnets:model", "badnets:burn", "badnets:fp", "badnets/seeds/1:model"]
     root = tmp_path / "results" / "smoke" / "synthetic"
     assert (root / "lf" / "seeds" / "1" / "burn.json").is_file()
     assert (root / "badnets" / "deepfool.npz").is_file()
