@@ -337,8 +337,9 @@ class Burn(Defense):
     # "coverage_class" (opt-in repair, not the paper): the suspect class is the given label
     # whose samples' adversarial labels leave no other class below the largest smallest share
     # (``coverage_class``); Burn acts only when that share reaches ``min_coverage`` and
-    # otherwise returns the model unchanged. Dirty-label poison only: a clean-label attack
-    # (LC) puts no other class's images under the target label.
+    # otherwise returns the model unchanged. It sees dirty-label poison (other classes' images
+    # under the target label) and, measured, LC's clean-label poison, whose untargeted PGD
+    # perturbation spreads the target images' adversarial labels over every class.
     selection: str = field(default="global", metadata=choices(*SELECTIONS))
     min_spread_gap: float = field(default=0.07, metadata={**OMIT_AT_DEFAULT, **NONNEG})
     min_coverage: float = field(default=0.03, metadata={**OMIT_AT_DEFAULT, **FRACTION})
