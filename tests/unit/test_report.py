@@ -42,7 +42,8 @@ def test_seed_intervals_from_records_under_seeds(tmp_path):
     for seed, (acc, asr) in {0: (0.77, 0.05), 1: (0.75, 0.20), 2: (0.79, 0.02)}.items():
         d = run if seed == 0 else run / "seeds" / str(seed)
         write_json(d / "none.json", {"acc": 0.82, "asr": 0.96})
-        write_json(d / "burn.json", {"acc": acc, "asr": asr, "deepfool": {"auroc": 0.8}})
+        write_json(d / "burn.json", {"acc": acc, "asr": asr,
+                                     "deepfool": {"auroc": 0.8, "top0.5pct_precision": 0.7}})
     write_json(tmp_path / "badnets" / "none.json", {"acc": 0.8, "asr": 0.9})  # one seed: no group
     assert list(seed_groups(tmp_path)) == ["preset"]
     df = seed_intervals(seed_table(seed_groups(tmp_path)["preset"]))
@@ -51,3 +52,5 @@ def test_seed_intervals_from_records_under_seeds(tmp_path):
     assert asr["mean"] == pytest.approx(0.09)
     # t(0.975, 2) = 4.303; sd of (0.05, 0.20, 0.02) = 0.0964
     assert asr.ci95_half == pytest.approx(4.303 * 0.09644 / 3 ** 0.5, rel=1e-3)
+    top = df[(df.attack == "lf") & (df.measure == "top-0.5% precision")].iloc[0]
+    assert top.n == 3 and top["mean"] == pytest.approx(0.7)  # a field name with a dot
