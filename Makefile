@@ -10,7 +10,7 @@ help:
 	@echo "make demo      - load the committed cpu-preset BadNets model, measure its ACC/ASR/RA, print its"
 	@echo "                 committed Burn run (under 2 min from committed results; a stage that is not"
 	@echo "                 committed is computed: about 15 min of training, 20 of DeepFool, 10 of Burn here)"
-	@echo "make test      - the fast test suite (about 2 min; plus the venv install on a fresh clone)"
+	@echo "make test      - the fast test suite (about 7 min on 2 cores; plus the venv install on a fresh clone)"
 	@echo "make test-slow - the slow tests too (every committed model.pt reproduces its none.json)"
 	@echo "make reproduce PRESET=cpu - every notebook into notebooks/executed/<preset>/ (about 2 min cached)"
 	@echo "make regime    - the regime study table and figure from the committed results (add RUN=1 to compute)"
