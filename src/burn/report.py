@@ -202,8 +202,23 @@ def claims_table(res: Path, attacks: list[str]) -> str:
            for a in attacks],
         ["Fig. 4: Burn with the paper's defaults: ACC; ASR"] + [burn(a) for a in attacks],
         [f"backdoor removed (Burn's ASR <= {REMOVED_AT:.2f})?"] + [removed(a) for a in attacks],
+        ["Burn's ASR over seeds ± 95% CI (k of n removed)"]
+        + [_burn_over_seeds(res / a) for a in attacks],
     ]
     return _md([""] + [attack_label(a) for a in attacks], rows)
+
+
+def _burn_over_seeds(run_dir: Path) -> str:
+    """Burn's ASR over the run's seeds with its interval and how many remove the backdoor,
+    or "1 seed"."""
+    if not run_dir.is_dir() or len(seed_dirs(run_dir)) < 2:
+        return "1 seed"
+    df = seed_intervals(seed_table({run_dir.name: run_dir}))
+    r = df[df["measure"] == f"Burn, {BURN_RUNS['']}: ASR"]
+    if r.empty or r.iloc[0]["n"] < 2:
+        return "1 seed"
+    r = r.iloc[0]
+    return f"{r['mean']:.3f} ± {r['ci95_half']:.3f} ({r['removed']})"
 
 
 def baselines_table(res: Path, attacks: list[str]) -> str:

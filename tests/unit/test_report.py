@@ -36,7 +36,7 @@ def test_a_missing_block_is_an_error_not_a_skip():
 
 def test_seed_intervals_from_records_under_seeds(tmp_path):
     from burn.cache import write_json
-    from burn.report import seed_groups, seed_intervals, seed_table
+    from burn.report import _burn_over_seeds, seed_groups, seed_intervals, seed_table
 
     run = tmp_path / "lf"
     for seed, (acc, asr) in {0: (0.77, 0.05), 1: (0.75, 0.20), 2: (0.79, 0.02)}.items():
@@ -54,3 +54,6 @@ def test_seed_intervals_from_records_under_seeds(tmp_path):
     assert asr.ci95_half == pytest.approx(4.303 * 0.09644 / 3 ** 0.5, rel=1e-3)
     top = df[(df.attack == "lf") & (df.measure == "top-0.5% precision")].iloc[0]
     assert top.n == 3 and top["mean"] == pytest.approx(0.7)  # a field name with a dot
+    # the README's claims row
+    assert _burn_over_seeds(run) == "0.090 ± 0.240 (2 of 3)"
+    assert _burn_over_seeds(tmp_path / "badnets") == "1 seed"
