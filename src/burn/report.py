@@ -378,7 +378,7 @@ def seeds_section(res: Path) -> list[str]:
                   f"{REMOVED_AT:.2f}. Runs of seed 0 alone are in the tables above.", "",
                   _md(["attack", "measure", "seeds", "values", "mean ± 95% CI", "removed"],
                       [[attack_label(r.attack), r.measure, r.seeds, r.values,
-                        f"{r.mean:.3f} ± {r.ci95_half:.3f}" if r.n > 1 else f"{r.mean:.3f}",
+                        f"{r.mean:.3f} ± {r.ci95_half:.3f}",
                         r.removed]
                        for r in df.itertuples()]), ""]
     return lines
