@@ -175,6 +175,9 @@ def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figur
         source = axes[0][attacks.index(fullest)]
         handles, labels = source.get_legend_handles_labels()
         source.get_legend().remove()
+        if (~seed0).any():  # name the small points, which the scatterplot's legend cannot
+            handles.append(plt.Line2D([], [], ls="", marker="o", ms=3.5, color="grey", alpha=0.7))
+            labels.append("other seeds (small)")
         axes[0][-1].legend(handles, labels, fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     if missing:
         shown = ", ".join(missing[:12]) + (f", ... ({len(missing)} in all)" if len(missing) > 12 else "")

@@ -229,3 +229,21 @@ def test_an_artifact_variant_without_a_name_is_refused(tmp_path):
     preset = _preset_with_variants(tmp_path, "{train: {amp_bf16: false}}")
     with pytest.raises(ConfigError, match="names no variant"):
         artifact_cfg(preset, "synthetic", "lc")
+
+
+def test_fig4_names_the_other_seeds_points_in_its_legend():
+    """Seeds other than 0 are drawn as small points; the legend says what they are, and says
+    nothing of seeds when there is only seed 0."""
+    import pandas as pd
+
+    from burn.plotting import fig4_figure
+
+    df = pd.DataFrame({"attack": "badnets", "defense": ["none", "burn", "burn", "burn"],
+                       "acc": [0.82, 0.7, 0.6, 0.65], "asr": [0.94, 0.1, 0.9, 0.3],
+                       "seed": [0, 0, 1, 2], "opt_in": False})
+
+    def legend(d):
+        return [t.get_text() for t in fig4_figure(d, [], "tiny").axes[-1].get_legend().get_texts()]
+
+    assert "other seeds (small)" in legend(df)
+    assert "other seeds (small)" not in legend(df[df["seed"] == 0])
