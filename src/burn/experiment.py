@@ -116,11 +116,12 @@ def attack_resources(cfg: ExperimentCfg, runtime: Runtime, attack: Attack, train
 
 
 def fit_attack(cfg: ExperimentCfg, runtime: Runtime, train: ImageDataset,
-               test: ImageDataset) -> Attack:
+               test: ImageDataset, checkpoint: Path | None = None) -> Attack:
     """The attack of ``cfg`` fitted to ``train`` (deterministic; it never draws from the
     poisoning generator). An attack that optimizes against a clean model gets the preset's
     (loaded, or trained first); one built with networks of its own (``resources``) gets them
-    from their committed stage."""
+    from their committed stage. ``checkpoint``: where a long fit (Input-aware's mask net)
+    saves its progress, to resume after an interruption."""
     attack = make_attack(cfg.attack)
     clean = None
     if attack.needs_clean_model:
@@ -129,7 +130,7 @@ def fit_attack(cfg: ExperimentCfg, runtime: Runtime, train: ImageDataset,
         clean = attacked_model(clean_model_cfg(cfg), runtime).model
     return attack.fit(train, generator=torch.Generator().manual_seed(cfg.train.seed), model=clean,
                       device=runtime.torch_device(), amp_bf16=cfg.train.amp_bf16,
-                      progress=runtime.progress,
+                      progress=runtime.progress, checkpoint=checkpoint,
                       resources=attack_resources(cfg, runtime, attack, train, test))
 
 
@@ -273,11 +274,18 @@ class FittedAttackStore:
 def _fit_custom(cfg, runtime, attack, train, test, cache: Path, key: str, rerun: bool) -> Attack:
     """Fit a custom-training attack (Input-aware's mask net), kept in the run cache so an
     interrupted training run does not fit it again."""
-    def fit():
-        runtime.say(f"{cfg.attack.name}: fitting the attack's own networks before training")
-        return fit_attack(cfg, runtime, train, test)
+    progress = cache / "fit_checkpoint.pt"
+    if rerun:
+        progress.unlink(missing_ok=True)
 
-    return cached(FittedAttackStore(cache / "fitted_attack.pt", attack), key, fit, rerun=rerun)
+    def fit():
+        runtime.say(f"{cfg.attack.name}: fitting the attack's own networks before training"
+                    + (" (resuming)" if progress.is_file() else ""))
+        return fit_attack(cfg, runtime, train, test, checkpoint=progress)
+
+    fitted = cached(FittedAttackStore(cache / "fitted_attack.pt", attack), key, fit, rerun=rerun)
+    progress.unlink(missing_ok=True)  # the fitted attack is stored: its partial fit is done with
+    return fitted
 
 
 def _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain):

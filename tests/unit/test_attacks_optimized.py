@@ -116,6 +116,37 @@ def test_inputaware_mask_training_is_deterministic_and_leaves_the_poisoning_gene
         a.apply_trigger(torch.zeros(1, 3, 32, 32))
 
 
+def test_inputaware_mask_fit_interrupted_resumes_to_the_same_net(tmp_path, monkeypatch):
+    """A fit killed after its first epoch resumes from its checkpoint, and ends with the
+    weights of an uninterrupted fit; a checkpoint of another length is not resumed from."""
+    ds, ckpt = _dataset(64), tmp_path / "fit_checkpoint.pt"
+    whole, _ = _fit_inputaware()
+    real, calls = InputAware._mask_epoch, []
+
+    def dies_in_epoch_2(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(InputAware, "_mask_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        InputAware(mask_epochs=2, width=4).fit(ds, generator=torch.Generator().manual_seed(0),
+                                               checkpoint=ckpt)
+    assert torch.load(ckpt, weights_only=False)["epochs"] == 1
+    monkeypatch.setattr(InputAware, "_mask_epoch", real)
+    calls.clear()
+    resumed = InputAware(mask_epochs=2, width=4).fit(ds, generator=torch.Generator().manual_seed(0),
+                                                     checkpoint=ckpt)
+    for p, q in zip(whole.mask_net.state_dict().values(), resumed.mask_net.state_dict().values()):
+        assert torch.equal(p, q)
+    longer = InputAware(mask_epochs=3, width=4)  # the checkpoint holds 2 of 2: not this fit's
+    spy = []
+    monkeypatch.setattr(InputAware, "_mask_epoch", lambda self, *a, **k: spy.append(1) or real(self, *a, **k))
+    longer.fit(ds, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
+    assert len(spy) == 3
+
+
 def test_inputaware_hook_poisons_a_share_of_each_batch_and_trains_the_pattern_net():
     a, ds = _fit_inputaware()
     hook = a.training_hook(seed=0)
