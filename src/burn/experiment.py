@@ -234,22 +234,24 @@ def attacked_model(cfg: ExperimentCfg, runtime: Runtime = Runtime(), *,
     key = attack_key(cfg, f"{train.name}, {attack.name}", attack.key_parts())
     out = results_dir(cfg, runtime.results_root)
     model = build_model(cfg, len(train.classes), runtime)
-    computed = []
+    made = []  # the poisoned sets of a model trained now (Input-aware's take minutes to make)
 
     def train_now() -> dict:
-        computed.append(True)
-        return _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
+        value = _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
+        made.append(value.pop("poisoned"))
+        return value
 
     stored = cached(ModelStore(out), key, train_now, rerun=retrain,
                     conflict=_conflict(out / "model.pt", key))
-    if computed:  # a shipped partial checkpoint is superseded by the model.pt just written
+    if made:  # a shipped partial checkpoint is superseded by the model.pt just written
         (out / f"checkpoint-{key}.pt").unlink(missing_ok=True)
     _load_half_state(model, stored["state_dict"])
     if attack.custom_training:
         attack = attack.with_state(stored["attack_state"])
-    poisoned, poisoned_test = poison(cfg, attack, train, test)
+    # made from the stored attack state either way (``fitted`` rounds as ``attack_state`` stores)
+    poisoned, poisoned_test = made[0] if made else poison(cfg, attack, train, test)
     return AttackRun(cfg, key, model.eval(), attack, poisoned, test, poisoned_test,
-                     stored["record"], out, runtime, bool(computed))
+                     stored["record"], out, runtime, bool(made))
 
 
 @dataclass(frozen=True)
@@ -332,7 +334,8 @@ def _train_attacked(cfg, runtime, model, attack, train, test, key, out, retrain)
     model.eval()
     record = _attack_record(cfg, runtime, model, attack, poisoned, test, poisoned_test, key,
                             history, wall)
-    return {"record": record, "state_dict": state, "attack_state": attack.attack_state()}
+    return {"record": record, "state_dict": state, "attack_state": attack.attack_state(),
+            "poisoned": (poisoned, poisoned_test)}
 
 
 def _rate(images_per_s: float) -> str:
