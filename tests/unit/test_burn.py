@@ -105,7 +105,8 @@ def test_phase1_clean_set_is_opt_in_and_keeps_existing_keys():
     assert it0.poisoned_in_clean_set == 0  # the bottom of the ranking: the poison sits far
     # at their defaults the options added later are left out of config hashes, so committed
     # results stay valid
-    later = ("phase1_clean_set", "lambda_end", "min_spread_gap", "min_coverage", "keep_suspect_class")
+    later = ("phase1_clean_set", "lambda_end", "min_spread_gap", "min_coverage", "keep_suspect_class",
+             "clean_set_outside_suspect")
     assert config_hash(Burn()) == config_hash({k: v for k, v in Burn().__dict__.items()
                                                if k not in later})
     assert config_hash(Burn(phase1_clean_set=True)) != config_hash(Burn())
@@ -199,3 +200,37 @@ def test_keep_suspect_class_fine_tunes_the_class_under_its_own_label_too():
     from burn.cache import config_hash
 
     assert config_hash(Burn(min_coverage=0.03, keep_suspect_class=False)) == config_hash(Burn())
+
+
+def test_clean_set_outside_suspect_keeps_the_suspect_class_out_of_c_t():
+    """With a class selection, C_t holds no sample of the suspect class (where dirty-label
+    poison sits under its given label); without one the option changes nothing; its default
+    leaves committed keys as they are."""
+    from burn.cache import config_hash
+
+    model, images, labels, _, mask, norms, adv = _setup()
+    cfg = replace(CFG, selection="suspect_class", clean_set_outside_suspect=True)
+    _, rep = defend(model, images, labels, cfg, norms=norms, adv_labels=adv, poison_mask=mask)
+    assert rep.suspect_class is not None and len(rep.iterations) == CFG.iterations + 1
+    assert all(it.n_clean_set > 0 and it.poisoned_in_clean_set == 0 for it in rep.iterations[1:])
+    import burn.defenses.burn as burn_module
+
+    seen = []
+    real = burn_module.finetune
+
+    def spy(model, images_, y, cfg_, gen, **kw):
+        seen.append(y)
+        return real(model, images_, y, cfg_, gen, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(burn_module, "finetune", spy)
+        defend(model, images, labels, cfg, norms=norms, adv_labels=adv, poison_mask=mask)
+    for it, y in zip(rep.iterations, seen):  # C_t's labels follow P_t's in each fine-tuning set
+        assert not (y[it.n_poison_set:] == rep.suspect_class).any()
+    glob, _ = defend(model, images, labels, replace(CFG, clean_set_outside_suspect=True),
+                     norms=norms, adv_labels=adv, poison_mask=mask)
+    plain, _ = defend(model, images, labels, CFG, norms=norms, adv_labels=adv, poison_mask=mask)
+    for a, b in zip(glob.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)  # the global selection has no suspect class: nothing changes
+    assert config_hash(Burn(clean_set_outside_suspect=False)) == config_hash(Burn())
+    assert config_hash(Burn(clean_set_outside_suspect=True)) != config_hash(Burn())
