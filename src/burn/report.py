@@ -242,7 +242,7 @@ def baselines_table(res: Path, attacks: list[str]) -> str:
 BURN_RUNS = {"": "paper's ranking", "random": "random `P_t` (control)",
              "lambda_end_0.5": "`lambda_end` 0.5", "suspect_class": "suspect class",
              "spread_class": "spread class", "coverage_class_nokeep": "coverage class",
-             "coverage_class": "coverage class + keep"}
+             "coverage_class_outside": "coverage class, `C_t` outside it"}
 
 
 def burn_run(tag: str, sep: str) -> str:
