@@ -118,6 +118,22 @@ def load_torch(path, *, hint: str = ""):
     return obj
 
 
+def epoch_checkpoint(parts: dict, generator: torch.Generator, epoch: int, **extra) -> dict:
+    """What a training loop saves after ``epoch`` epochs to resume from: the state of each of
+    ``parts`` (modules, optimizers, schedulers, hooks; anything with ``state_dict``), the data
+    generator's state, and ``extra``."""
+    return {**{k: v.state_dict() for k, v in parts.items()}, "generator": generator.get_state(),
+            "epoch": epoch, **extra}
+
+
+def restore_checkpoint(state: dict, parts: dict, generator: torch.Generator) -> int:
+    """Load an ``epoch_checkpoint`` into ``parts`` and ``generator``; returns its epoch."""
+    for k, v in parts.items():
+        v.load_state_dict(state[k])
+    generator.set_state(state["generator"])
+    return int(state["epoch"])
+
+
 def _arrays_checksum(arrays: dict) -> str:
     h = hashlib.sha256()
     for name in sorted(k for k in arrays if k != "checksum"):

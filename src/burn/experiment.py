@@ -276,17 +276,17 @@ class FittedAttackStore:
 def _fit_custom(cfg, runtime, attack, train, test, cache: Path, key: str, rerun: bool) -> Attack:
     """Fit a custom-training attack (Input-aware's mask net), kept in the run cache so an
     interrupted training run does not fit it again."""
-    progress = cache / "fit_checkpoint.pt"
+    partial = cache / "fit_checkpoint.pt"
     if rerun:
-        progress.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
 
     def fit():
         runtime.say(f"{cfg.attack.name}: fitting the attack's own networks before training"
-                    + (" (resuming)" if progress.is_file() else ""))
-        return fit_attack(cfg, runtime, train, test, checkpoint=progress)
+                    + (" (resuming)" if partial.is_file() else ""))
+        return fit_attack(cfg, runtime, train, test, checkpoint=partial)
 
     fitted = cached(FittedAttackStore(cache / "fitted_attack.pt", attack), key, fit, rerun=rerun)
-    progress.unlink(missing_ok=True)  # the fitted attack is stored: its partial fit is done with
+    partial.unlink(missing_ok=True)  # the fitted attack is stored: its partial fit is done with
     return fitted
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cache import load_torch, save_torch
+from .cache import epoch_checkpoint, load_torch, restore_checkpoint, save_torch
 from .config import TrainCfg
 from .models import to_model_format
 from .progress import tqdm
@@ -150,15 +150,11 @@ def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg,
              if cfg.lr_schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))
     gen = torch.Generator().manual_seed(cfg.seed)
     start, history = 0, []
+    parts = {"model": model, "optimizer": opt, "scheduler": sched,
+             **({"hook": hook} if hook is not None else {})}
     if checkpoint is not None and Path(checkpoint).is_file():
         state = load_torch(checkpoint)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        start, history = state["epoch"], state["history"]
-        if hook is not None:
-            hook.load_state_dict(state["hook"])
+        start, history = restore_checkpoint(state, parts, gen), state["history"]
     net = model if compile_mode is None else torch.compile(model, mode=compile_mode)
     epochs = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc="train",
                   disable=not progress)
@@ -182,8 +178,5 @@ def train_model(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainCfg,
         history.append(row)
         epochs.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
         if checkpoint is not None:
-            save_torch({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                        "epoch": epoch + 1, "history": history,
-                        **({"hook": hook.state_dict()} if hook is not None else {})}, checkpoint)
+            save_torch(epoch_checkpoint(parts, gen, epoch + 1, history=history), checkpoint)
     return history

@@ -133,7 +133,7 @@ def test_inputaware_mask_fit_interrupted_resumes_to_the_same_net(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         InputAware(mask_epochs=2, width=4).fit(ds, generator=torch.Generator().manual_seed(0),
                                                checkpoint=ckpt)
-    assert torch.load(ckpt, weights_only=False)["epochs"] == 1
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 1
     monkeypatch.setattr(InputAware, "_mask_epoch", real)
     calls.clear()
     resumed = InputAware(mask_epochs=2, width=4).fit(ds, generator=torch.Generator().manual_seed(0),

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cache import load_torch, save_torch
+from ..cache import epoch_checkpoint, load_torch, restore_checkpoint, save_torch
 from ..data import ImageDataset
 from ..progress import tqdm
 from .base import Attack, PoisonedDataset, to_uint8
@@ -111,12 +111,7 @@ def _resume_mask(checkpoint: Path | None, parts: dict, g: torch.Generator, epoch
     if checkpoint is None or not Path(checkpoint).is_file():
         return 0
     state = load_torch(checkpoint, hint="delete it to fit the mask net from the start")
-    if state.get("of") != epochs:
-        return 0
-    for k, v in parts.items():
-        v.load_state_dict(state[k])
-    g.set_state(state["rng"])
-    return int(state["epochs"])
+    return restore_checkpoint(state, parts, g) if state.get("of") == epochs else 0
 
 
 def _seeded(make, seed: int) -> nn.Module:
@@ -166,15 +161,14 @@ class InputAware(Attack):
         # BackdoorBench: milestones 10 and 20 of 25 epochs; scaled to mask_epochs
         miles = [round(self.mask_epochs * f) for f in (0.4, 0.8)]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, miles, 0.1)
-        parts = {"net": net, "opt": opt, "sched": sched}
+        parts = {"model": net, "optimizer": opt, "scheduler": sched}
         start = _resume_mask(checkpoint, parts, g, self.mask_epochs)
         for epoch in tqdm(range(start, self.mask_epochs), desc="input-aware mask net",
                           initial=start, total=self.mask_epochs, disable=not progress):
             self._mask_epoch(net, opt, train.images, g, device, amp_bf16)
             sched.step()
             if checkpoint is not None:
-                save_torch({"epochs": epoch + 1, "of": self.mask_epochs, "rng": g.get_state(),
-                            **{k: v.state_dict() for k, v in parts.items()}}, checkpoint)
+                save_torch(epoch_checkpoint(parts, g, epoch + 1, of=self.mask_epochs), checkpoint)
         opt.zero_grad(set_to_none=True)
         return dataclasses.replace(self, mask_net=net.eval().requires_grad_(False))
 
