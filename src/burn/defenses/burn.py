@@ -166,6 +166,13 @@ def _top(score: Tensor, n: int, largest: bool) -> Tensor:
     return order[:n]
 
 
+def _top_within(score: Tensor, n: int, allowed: Tensor, largest: bool) -> Tensor:
+    """The ``n`` samples of largest (or smallest) score among ``allowed``; fewer when
+    ``allowed`` holds fewer."""
+    outside = float("-inf") if largest else float("inf")
+    return _top(score.masked_fill(~allowed, outside), min(n, int(allowed.sum())), largest)
+
+
 def _selection_stats(p_idx, c_idx, y_adv, poison_mask, original_labels, labels) -> dict:
     """What P_t and C_t hold, against the ground truth (for the report only). ``precision``
     counts every sample with the trigger; ``mislabeled_precision`` only those whose given
@@ -239,6 +246,9 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
                                      suspect_class=None, spread_gap=gap, coverage=coverage)
     # candidates for P_t: everything, or (opt-in) only the suspect class
     eligible = torch.ones(n, dtype=torch.bool) if suspect is None else labels == suspect
+    # candidates for C_t: everything, or (opt-in) only the other labels
+    c_allowed = ~eligible if cfg.clean_set_outside_suspect and suspect is not None \
+        else torch.ones(n, dtype=torch.bool)
     logits0 = None
     iterations: list[BurnIteration] = []
     bar = tqdm(range(cfg.iterations + 1), desc="burn", disable=not progress)
@@ -258,12 +268,8 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
         if pick is not None:
             p_idx = torch.randperm(n, generator=pick)[:n_p]
         else:
-            p_idx = _top(score.masked_fill(~eligible, float("-inf")), min(n_p, int(eligible.sum())),
-                         largest=True)
-        c_score = score.masked_fill(eligible, float("inf")) \
-            if cfg.clean_set_outside_suspect and suspect is not None else score
-        c_idx = _top(c_score, min(n_c, int(c_score.isfinite().sum())), largest=False) \
-            if n_c else p_idx.new_zeros(0)
+            p_idx = _top_within(score, n_p, eligible, largest=True)
+        c_idx = _top_within(score, n_c, c_allowed, largest=False) if n_c else p_idx.new_zeros(0)
         if cfg.keep_suspect_class and suspect is not None:
             c_idx = torch.cat([c_idx, _keep_suspect(score, eligible, p_idx, c_idx)])
         idx = torch.cat([p_idx, c_idx])
@@ -307,8 +313,7 @@ def _keep_suspect(score: Tensor, eligible: Tensor, p_idx: Tensor, c_idx: Tensor)
     taken = torch.zeros_like(eligible)
     taken[p_idx] = True
     taken[c_idx] = True
-    return _top(score.masked_fill(~eligible | taken, float("inf")),
-                min(len(p_idx), int((eligible & ~taken).sum())), largest=False)
+    return _top_within(score, len(p_idx), eligible & ~taken, largest=False)
 
 
 @dataclass(frozen=True)
