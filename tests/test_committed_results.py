@@ -4,6 +4,7 @@
 reproduces the ACC / ASR / RA of its ``none.json`` (slow; where CIFAR-10 is present). Every key
 is recomputed with the stages' own formulas (``burn.keys``)."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,27 @@ def test_baseline_record_hashes_to_its_key(path):
                                                   keys.clean_subset_key(CLEAN_RATIO, seed))
     sub = rec["clean_subset"]
     assert sub["n"] == len(sub["index"]) == round(CLEAN_RATIO * model["num_train"])
+
+
+@pytest.mark.parametrize("path", [p for p in BURNS + BASELINES if "_" in p.stem], ids=_id)
+def test_tagged_record_holds_its_presets_named_run(path):
+    """A record ``<defense>_<tag>.json`` holds the settings its preset gives ``tag`` under
+    ``defense_runs``, so a tag means one setting in the tables that read it."""
+    from burn.config import available_presets, named_run
+
+    rec = read_json(path)
+    defense, tag = path.stem.split("_", 1)
+    preset = path.relative_to(RESULTS).parts[0]
+    named = named_run(preset, defense, tag) if preset in available_presets() else None
+    if named is None:
+        pytest.skip(f"preset {preset} names no run {tag} of {defense}")
+    from burn.defenses import DEFENSES
+
+    # records written before the registry hold Burn's fields in the config's burn section
+    settings = rec.get("defense_config") or from_dict(ExperimentCfg, rec["config"]).defenses[defense]
+    held = dataclasses.asdict(from_dict(DEFENSES[defense], settings))
+    for key, value in named["defenses"][defense].items():
+        assert held[key] == value, (key, held[key], value)
 
 
 def _preset_configs():

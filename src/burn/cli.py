@@ -29,6 +29,9 @@ EPILOG = """examples:
   burn defend --attack badnets --set defenses.burn.lr=1e-3 --set defenses.burn.divergence=js --tag lr1e-3-js
       any Burn parameter (docs/method.md) can be changed the same way, under a --tag name
       (burn.KEY=VALUE, the former spelling, is read as defenses.burn.KEY=VALUE)
+  burn defend --attack badnets --tag coverage_class_outside
+      a run the preset names (defense_runs: the random control, Burn's opt-ins, the 100-epoch
+      FT-SAM and SAU); writes burn_coverage_class_outside.json
   burn defend --attack badnets --defense nad
       a baseline (fp, nad, anp, ibau, ftsam, sau) with 5% clean training data; writes nad.json
   burn defend --attack badnets --defense fp --set defenses.fp.selection=test_set --tag test_set
@@ -152,11 +155,11 @@ def cmd_attack(args) -> int:
 
 
 def cmd_defend(args) -> int:
-    from .defense_stage import defense_run, make_defense
+    from .defense_stage import defense_run, make_defense, tagged_cfg
     from .experiment import attacked_model
 
-    cfg = _config(args)
     name = args.defense
+    cfg = tagged_cfg(args.preset, _overrides(args), name, args.tag or "")
     section = f"defenses.{name}"
     base = load_preset(args.preset, _overrides(args, drop=section))
     defense = make_defense(cfg, name)  # unknown names and fields fail here, before any data loads
@@ -303,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as clean data)")
     p.add_argument("--tag", help="name for a run with non-default options of the defense "
                                  "(--set defenses.NAME.*): writes NAME_<tag>.json "
-                                 "beside NAME.json")
+                                 "beside NAME.json; a tag the preset names under defense_runs "
+                                 "(e.g. burn's random, suspect_class, coverage_class_outside) "
+                                 "brings its settings, no --set needed")
     p.add_argument("--rerun", action="store_true",
                    help="run the defense even if a record of this model and config is stored")
     p.set_defaults(func=cmd_defend)

@@ -9,6 +9,7 @@ in ``--set`` never silently falls back to a default or reaches a result.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -173,6 +174,7 @@ def from_dict(cls, data: dict[str, Any] | None, *, where: str = ""):
     return cls(**kwargs)
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
                dict: "a mapping"}
 
@@ -189,6 +191,8 @@ def check_value(name: str, hint, value, metadata=None) -> Any:
     ok = isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
+    if base is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        value, ok = float(value), True  # YAML 1.1 reads 1e-3 (no dot) as a string
     if base is tuple and isinstance(value, list):  # YAML and JSON have lists, not tuples
         value, ok = tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v
                           for v in value), True
@@ -274,12 +278,27 @@ def artifact_cfg(name: str, dataset: str, attack: str) -> ExperimentCfg:
                                          {"data": {"dataset": dataset}, "attack": {"name": attack}}))
 
 
+def named_run(preset: str, defense: str, tag: str) -> dict[str, Any] | None:
+    """The overrides ``{"defenses": {defense: {...}}}`` that preset ``preset`` gives run ``tag``
+    of ``defense`` under ``defense_runs: {DEFENSE: {TAG: {KEY: VALUE}}}``, or None where it
+    names no such run. A named run (the random control, Burn's opt-ins, a baseline at another
+    schedule) is then one setting wherever its tag is used: the CLI, sweeps and the report."""
+    runs = (_read_preset(_preset_path(preset)).get("defense_runs") or {}).get(defense) or {}
+    if not tag or tag not in runs:
+        return None
+    if not isinstance(runs[tag], dict):
+        raise ConfigError(f"defense_runs.{defense}.{tag} in preset {preset!r} is not a mapping "
+                          f"of {defense}'s settings: {runs[tag]!r}")
+    return {"defenses": {defense: dict(runs[tag])}}
+
+
 def load_preset(name: str, overrides: dict[str, Any] | None = None) -> ExperimentCfg:
     """Load ``experiments/presets/<name>.yaml`` (or a path to a YAML file) and apply
     ``overrides``, a nested dict such as ``{"attack": {"name": "blended"}}``."""
     path = _preset_path(name)
     raw = _read_preset(path)
     raw.pop("artifact_variants", None)
+    raw.pop("defense_runs", None)
     # ``dataset_overrides: {cifar100: {model: {arch: preactresnet34}}}`` in a preset applies
     # to the dataset finally chosen (the paper uses a deeper model for CIFAR-100 / Tiny).
     # ``attack_overrides: {inputaware: {attack: {params: {mask_epochs: 2}}}}`` likewise applies

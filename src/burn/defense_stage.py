@@ -17,7 +17,8 @@ import torch
 
 from .analysis import separation_summary
 from . import keys
-from .config import ExperimentCfg, from_dict, to_dict
+from .config import (ConfigError, ExperimentCfg, _deep_merge, from_dict, load_preset,
+                     named_run, to_dict)
 from .data import dataset_spec
 from .defenses import DEFENSES, Defense
 from .defenses.base import DefenderData
@@ -44,6 +45,26 @@ def make_defense(cfg: ExperimentCfg, name: str) -> Defense:
     if cfg.seed:
         settings["seed"] = cfg.seed
     return from_dict(DEFENSES[name], settings, where=f"defenses.{name}")
+
+
+def tagged_cfg(preset: str, overrides: dict, name: str, tag: str) -> ExperimentCfg:
+    """The config of defense ``name``'s run ``tag`` under ``overrides``: where the preset names
+    that run (``defense_runs``, ``config.named_run``), its settings, which ``overrides`` may
+    repeat but not change (one tag, one setting, so one record name never holds two configs);
+    otherwise ``overrides`` as they are."""
+    cfg = load_preset(preset, overrides)
+    named = named_run(preset, name, tag)
+    if named is None:
+        return cfg
+    rest = {k: v for k, v in overrides.items() if k != "defenses"}
+    rest["defenses"] = {k: v for k, v in (overrides.get("defenses") or {}).items() if k != name}
+    base, tagged = load_preset(preset, rest), load_preset(preset, _deep_merge(rest, named))
+    given = make_defense(cfg, name)
+    if given not in (make_defense(base, name), make_defense(tagged, name)):
+        raise ConfigError(f"--tag {tag} is the name preset {preset!r} gives {name} with "
+                          f"{named['defenses'][name]} (defense_runs); drop the other "
+                          f"defenses.{name}.* settings to run it, or name your run another tag")
+    return tagged
 
 
 def clean_subset(run: AttackRun, ratio: float = CLEAN_RATIO, seed: int = CLEAN_SEED) -> torch.Tensor:

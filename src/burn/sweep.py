@@ -205,7 +205,7 @@ def load_sweep(path) -> SweepSpec:
 def expand(spec: SweepSpec) -> list[Job]:
     """The jobs of ``spec``: model jobs first, then defense jobs; one job per results folder
     and record, however many grids name it."""
-    from .defense_stage import make_defense
+    from .defense_stage import make_defense, tagged_cfg
     from .experiment import results_dir
 
     models: dict[str, Job] = {}
@@ -225,7 +225,7 @@ def expand(spec: SweepSpec) -> list[Job]:
                                       "of them a variant")
                 models[job.name] = dataclasses.replace(job, distances=needs or bool(old and old.distances))
                 for d in grid.defenses:
-                    dcfg = load_preset(grid.preset, _deep_merge(over, d.set))
+                    dcfg = tagged_cfg(grid.preset, _deep_merge(over, d.set), d.name, d.tag)
                     make_defense(dcfg, d.name)  # its options are checked here, before any job
                     djob = Job(d.stage, dcfg, where, defense=d.name, tag=d.tag)
                     if djob.name in defenses and defenses[djob.name].cfg != dcfg:

@@ -75,3 +75,39 @@ def test_one_seed_drives_the_run_and_seed_zero_keeps_every_key():
     assert make_defense(one, "sau").seed == 1 and make_defense(base, "sau") == make_defense(zero, "sau")
     with pytest.raises(ConfigError, match="set the seed once"):
         load_preset("cpu", {"seed": 1, "train": {"seed": 2}})
+
+
+def test_a_tag_the_preset_names_is_one_setting_everywhere(tmp_path, capsys):
+    """``defense_runs`` in a preset: the tag brings its settings (CLI and sweeps alike), may be
+    repeated with the same settings, and refuses others before any data is read."""
+    from burn.defense_stage import make_defense, tagged_cfg
+    from burn.sweep import expand, load_sweep
+
+    over = {"attack": {"name": "lf"}}
+    cfg = tagged_cfg("cpu", over, "burn", "coverage_class_outside")
+    burn = make_defense(cfg, "burn")
+    assert (burn.selection, burn.clean_set_outside_suspect) == ("coverage_class", True)
+    assert burn.iterations == 5 and cfg.attack.name == "lf"  # the rest of the preset stays
+    same = {**over, "defenses": {"burn": {"selection": "coverage_class",
+                                          "clean_set_outside_suspect": True}}}
+    assert tagged_cfg("cpu", same, "burn", "coverage_class_outside") == cfg
+    mine = {**over, "defenses": {"burn": {"lr": 1e-3}}}
+    assert make_defense(tagged_cfg("cpu", mine, "burn", "my_lr"), "burn").lr == 1e-3  # not named
+    with pytest.raises(ConfigError, match="is the name preset 'cpu' gives burn"):
+        tagged_cfg("cpu", mine, "burn", "random")
+    code = main(["defend", "--preset", "cpu", "--attack", "lf", "--tag", "random", "--set",
+                 "defenses.burn.lr=1e-3", "--data-root", str(tmp_path), "--quiet"])
+    assert code == 2 and "is the name preset 'cpu' gives burn" in capsys.readouterr().err
+    spec = tmp_path / "s.yaml"
+    spec.write_text("preset: cpu\nattacks: [lf]\ndefenses: [{name: sau, tag: e100}, "
+                    "{name: burn, tag: random}]\n")
+    jobs = {j.stage: j for j in expand(load_sweep(spec))}
+    assert make_defense(jobs["sau_e100"].cfg, "sau").epochs == 100
+    assert make_defense(jobs["burn_random"].cfg, "burn").selection == "random"
+
+
+def test_scientific_notation_without_a_dot_is_a_number():
+    # YAML 1.1 reads `1e-3` as a string; the CLI's own example (--set defenses.burn.lr=1e-3) needs it
+    assert load_preset("cpu", {"train": {"lr": "1e-3"}}).train.lr == 1e-3
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_preset("cpu", {"train": {"lr": "fast"}})

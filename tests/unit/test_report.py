@@ -57,3 +57,10 @@ def test_seed_intervals_from_records_under_seeds(tmp_path):
     # the README's claims row
     assert _burn_over_seeds(run) == "0.090 ± 0.240 (2 of 3)"
     assert _burn_over_seeds(tmp_path / "badnets") == "1 seed"
+
+
+def test_every_burn_run_of_the_readme_is_a_run_the_preset_names():
+    from burn.config import named_run
+    from burn.report import BURN_RUNS, README_PRESET
+
+    assert all(named_run(README_PRESET, "burn", tag) for tag in BURN_RUNS if tag)
