@@ -23,8 +23,9 @@ VOLATILE = ("start_time", "end_time", "duration")
 
 def normalize(nb: dict) -> dict:
     """``nb`` without run-specific content: papermill's start/end/duration (notebook and cells),
-    Jupyter's per-cell execution timestamps, and the random id papermill gives the cell of
-    injected parameters."""
+    Jupyter's per-cell execution timestamps, the random id papermill gives the cell of
+    injected parameters, and progress bars (their timings, and whether a stage was computed
+    or read from its cache, differ from run to run; warnings on stderr are kept)."""
     for meta in [nb.get("metadata", {})] + [c.get("metadata", {}) for c in nb.get("cells", [])]:
         for key in VOLATILE:
             meta.get("papermill", {}).pop(key, None)
@@ -32,7 +33,17 @@ def normalize(nb: dict) -> dict:
     for cell in nb.get("cells", []):
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             cell["id"] = "injected-parameters"
+        if "outputs" in cell:
+            cell["outputs"] = [o for o in cell["outputs"] if not _progress_bar(o)]
     return nb
+
+
+def _progress_bar(output: dict) -> bool:
+    """A tqdm update: a stderr stream whose text starts with a carriage return."""
+    text = output.get("text", "")
+    text = "".join(text) if isinstance(text, list) else text
+    return output.get("output_type") == "stream" and output.get("name") == "stderr" \
+        and text.startswith("\r")
 
 
 def run_notebook(name: str, preset: str, *, parameters: dict | None = None,

@@ -247,3 +247,16 @@ def test_fig4_names_the_other_seeds_points_in_its_legend():
 
     assert "other seeds (small)" in legend(df)
     assert "other seeds (small)" not in legend(df[df["seed"] == 0])
+
+
+def test_an_executed_notebook_keeps_no_progress_bar_but_keeps_warnings():
+    """A cached rerun of `burn reproduce` must leave the executed notebooks unchanged; a
+    progress bar (timings, present only where a stage was computed) would not."""
+    from burn.notebooks import normalize
+
+    bar = {"output_type": "stream", "name": "stderr", "text": ["\r", "deepfool: 100%| 1/1 [00:07<00:00]"]}
+    warning = {"output_type": "stream", "name": "stderr", "text": "UserWarning: few samples\n"}
+    printed = {"output_type": "stream", "name": "stdout", "text": "\rmissing: []\n"}
+    nb = {"metadata": {}, "cells": [{"cell_type": "code", "metadata": {}, "source": "",
+                                     "outputs": [bar, warning, bar, printed]}]}
+    assert normalize(nb)["cells"][0]["outputs"] == [warning, printed]
