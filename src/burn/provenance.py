@@ -17,13 +17,19 @@ from .atomic import write_if_changed
 from .config import PROJECT_ROOT
 
 
+GENERATED = ("results", "figures", "notebooks/executed", "README.md")
+
+
 def git_commit() -> dict:
     def run(*args):
         return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
                               timeout=10).stdout.strip()
     try:
         commit = run("rev-parse", "HEAD")
-        dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
+        # the code and configs against the commit; the outputs a run writes (results, figures,
+        # executed notebooks, the README's tables) do not make the next output's tree dirty
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no", "--", ".",
+                         *(f":!{p}" for p in GENERATED)))
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
     if os.environ.get("BURN_GIT_COMMIT"):

@@ -260,3 +260,29 @@ def test_an_executed_notebook_keeps_no_progress_bar_but_keeps_warnings():
     nb = {"metadata": {}, "cells": [{"cell_type": "code", "metadata": {}, "source": "",
                                      "outputs": [bar, warning, bar, printed]}]}
     assert normalize(nb)["cells"][0]["outputs"] == [warning, printed]
+
+
+def test_a_changed_output_does_not_make_the_next_outputs_tree_dirty(tmp_path, monkeypatch):
+    """`dirty` in a record's provenance is about the code and configs: a regeneration that
+    rewrites one figure must not mark every later figure as made from uncommitted code."""
+    import subprocess
+
+    from burn import provenance
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    for f in ("src.py", "results/a.csv", "figures/b.png.json", "README.md"):
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        (tmp_path / f).write_text("0")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    monkeypatch.setattr(provenance, "PROJECT_ROOT", tmp_path)
+    monkeypatch.delenv("BURN_GIT_COMMIT", raising=False)
+    for f in ("results/a.csv", "figures/b.png.json", "README.md"):
+        (tmp_path / f).write_text("1")
+    assert provenance.git_commit()["dirty"] is False
+    (tmp_path / "src.py").write_text("1")
+    assert provenance.git_commit()["dirty"] is True
