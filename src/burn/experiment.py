@@ -89,12 +89,23 @@ def build_model(cfg: ExperimentCfg, num_classes: int, runtime: Runtime = Runtime
     return model
 
 
-def clean_model_cfg(cfg: ExperimentCfg) -> ExperimentCfg:
+def clean_model_cfg(cfg: ExperimentCfg, root: Path | None = None) -> ExperimentCfg:
     """The config of the clean model an attack of ``cfg`` is built on (TrojanNN's trigger):
-    the same data, model, recipe and variant, with nothing poisoned."""
+    the same data, model, recipe and variant, with nothing poisoned. A variant that changes
+    nothing the clean model depends on (e.g. only attack parameters) shares the preset's clean
+    model, unless its own folder under ``root`` already holds one (whose weights the variant's
+    stored models were built on: their key names them)."""
     a = cfg.attack
-    return dataclasses.replace(cfg, attack=AttackCfg(name="clean", target=a.target, rate=a.rate,
-                                                     pool=a.pool))
+    clean = dataclasses.replace(cfg, attack=AttackCfg(name="clean", target=a.target, rate=a.rate,
+                                                      pool=a.pool))
+    if not cfg.variant or (results_dir(clean, root) / "none.json").is_file():
+        return clean
+    from .config import load_preset  # the preset as it is, without the variant's overrides
+
+    plain = load_preset(cfg.preset, {"data": {"dataset": cfg.data.dataset}, "seed": cfg.seed,
+                                     "attack": to_dict(clean.attack)})
+    same = all(getattr(plain, s) == getattr(clean, s) for s in ("data", "model", "train", "attack"))
+    return dataclasses.replace(clean, variant="") if same else clean
 
 
 def resources_dir(cfg: ExperimentCfg, root: Path | None = None) -> Path:
@@ -127,7 +138,7 @@ def fit_attack(cfg: ExperimentCfg, runtime: Runtime, train: ImageDataset,
     if attack.needs_clean_model:
         runtime.say(f"{cfg.attack.name}: its trigger is optimized on the clean model of preset "
                     f"{cfg.preset}")
-        clean = attacked_model(clean_model_cfg(cfg), runtime).model
+        clean = attacked_model(clean_model_cfg(cfg, runtime.results_root), runtime).model
     return attack.fit(train, generator=torch.Generator().manual_seed(cfg.train.seed), model=clean,
                       device=runtime.torch_device(), amp_bf16=cfg.train.amp_bf16,
                       progress=runtime.progress, checkpoint=checkpoint,

@@ -111,3 +111,24 @@ def test_scientific_notation_without_a_dot_is_a_number():
     assert load_preset("cpu", {"train": {"lr": "1e-3"}}).train.lr == 1e-3
     with pytest.raises(ConfigError, match="must be a number"):
         load_preset("cpu", {"train": {"lr": "fast"}})
+
+
+def test_a_variant_of_attack_parameters_shares_the_presets_clean_model(tmp_path):
+    """TrojanNN's trigger is optimized on a clean model: a variant that changes only attack
+    parameters reads the preset's (per seed), one that changes the recipe trains its own, and
+    a variant folder that already holds one keeps it (its models' keys name its weights)."""
+    import dataclasses
+
+    from burn.experiment import clean_model_cfg, results_dir
+
+    over = {"attack": {"name": "trojannn", "params": {"neuron_choice": "backdoorbench"}},
+            "variant": "bb", "seed": 1}
+    cfg = load_preset("smoke", over)
+    shared = clean_model_cfg(cfg, tmp_path)
+    assert (shared.variant, shared.seed, shared.attack.name) == ("", 1, "clean")
+    recipe = load_preset("smoke", {**over, "train": {"epochs": 2}})
+    assert clean_model_cfg(recipe, tmp_path).variant == "bb"
+    own = results_dir(dataclasses.replace(shared, variant="bb"), tmp_path)
+    own.mkdir(parents=True)
+    (own / "none.json").write_text("{}")
+    assert clean_model_cfg(cfg, tmp_path).variant == "bb"
