@@ -27,7 +27,7 @@ from .cache import (
     tensors_sha256,
     write_json,
 )
-from .config import PROJECT_ROOT, AttackCfg, ExperimentCfg, to_dict
+from .config import PROJECT_ROOT, AttackCfg, ExperimentCfg, load_preset, to_dict
 from .data import ImageDataset, dataset_spec, load_dataset
 from .keys import attack_key
 from .metrics import evaluate
@@ -100,11 +100,10 @@ def clean_model_cfg(cfg: ExperimentCfg, root: Path | None = None) -> ExperimentC
                                                       pool=a.pool))
     if not cfg.variant or (results_dir(clean, root) / "none.json").is_file():
         return clean
-    from .config import load_preset  # the preset as it is, without the variant's overrides
-
+    # the preset as it is, without the variant's overrides
     plain = load_preset(cfg.preset, {"data": {"dataset": cfg.data.dataset}, "seed": cfg.seed,
                                      "attack": to_dict(clean.attack)})
-    same = all(getattr(plain, s) == getattr(clean, s) for s in ("data", "model", "train", "attack"))
+    same = all(getattr(plain, s) == getattr(clean, s) for s in ("data", "model", "train"))
     return dataclasses.replace(clean, variant="") if same else clean
 
 
