@@ -148,37 +148,68 @@ def _defense_label(name: str) -> str:
     return f"{label} ({tag})" if tag else label
 
 
+# Fig. 4's marks: one colour per method (its base defense), one marker per tagged run of it
+_METHOD_COLOUR = {"none": 7, "burn": 3, "fp": 0, "nad": 1, "anp": 2, "ibau": 4, "ftsam": 5, "sau": 9}
+_TAG_MARKERS = ("X", "P", "D", "s", "^", "v", "<", ">", "p", "h", "*", "d")
+
+
+def _fig4_marks(names) -> dict[str, tuple]:
+    """(colour, marker) per defense name ``base`` or ``base:tag``, a method's runs together:
+    the method's colour (No defense black, Burn red); its plain run a circle, each tag a
+    marker of its own."""
+    palette = sns.color_palette("colorblind", 10)
+    names = list(dict.fromkeys(names))
+    bases = list(dict.fromkeys(n.partition(":")[0] for n in names))
+    marks, tags = {}, {}
+    for name in sorted(names, key=lambda n: bases.index(n.partition(":")[0])):  # a method's runs together
+        base, _, tag = name.partition(":")
+        colour = "black" if base == "none" else palette[_METHOD_COLOUR.get(base, 8)]
+        if tag:
+            tags.setdefault(base, []).append(tag)
+        marker = _TAG_MARKERS[(len(tags[base]) - 1) % len(_TAG_MARKERS)] if tag else "o"
+        marks[name] = (colour, marker)
+    return marks
+
+
+def _fig4_grid(n: int):
+    """A figure of ``n`` attack panels and one legend cell, four to a row."""
+    ncols = min(4, n + 1)
+    nrows = -(-(n + 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.1 * nrows), squeeze=False,
+                             sharey=True)
+    cells = list(axes.flat)
+    for ax in cells[n + 1:]:
+        fig.delaxes(ax)
+    return fig, cells[:n], cells[n]
+
+
 def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figure:
     """Fig. 4: ACC vs ASR after each defense, one panel per attack (as the paper's); the
-    attacked model is "No defense"; other seeds are small points of the defense's colour;
+    attacked model is "No defense"; a method keeps one colour, its tagged runs (opt-ins,
+    longer schedules) get their own markers; other seeds are small points of the same mark;
     missing runs are named under the figure."""
     set_style()
     attacks = list(dict.fromkeys(df["attack"])) or ["-"]
-    fig, axes = plt.subplots(1, len(attacks), figsize=(3.3 * len(attacks) + 1.8, 3.4),
-                             squeeze=False, sharey=True)
-    d = df.assign(defense=df["defense"].map(_defense_label))
-    order = list(dict.fromkeys(d["defense"]))
-    palette = dict(zip(order, sns.color_palette("tab10" if len(order) <= 10 else "tab20",
-                                                len(order))))  # tab10 repeats past 10
-    fullest = max(attacks, key=lambda a: (d["attack"] == a).sum())  # its legend names them all
-    seed0 = d["seed"] == 0 if "seed" in d else pd.Series(True, index=d.index)
-    for ax, a in zip(axes[0], attacks):
-        sns.scatterplot(d[(d["attack"] == a) & seed0], x="asr", y="acc", hue="defense", hue_order=order,
-                        palette=palette, style="opt_in", style_order=[False, True], s=80, ax=ax,
-                        legend=a == fullest)
-        others = d[(d["attack"] == a) & ~seed0]  # other seeds: small points of the same colour
-        ax.scatter(others["asr"], others["acc"], s=14, c=[palette[x] for x in others["defense"]],
-                   alpha=0.7, linewidths=0)
+    fig, panels, key = _fig4_grid(len(attacks))
+    marks = _fig4_marks(df["defense"])
+    seed0 = df["seed"] == 0 if "seed" in df else pd.Series(True, index=df.index)
+    for ax, a in zip(panels, attacks):
+        for name, (colour, marker) in marks.items():
+            rows = df[(df["attack"] == a) & (df["defense"] == name)]
+            main, others = rows[seed0[rows.index]], rows[~seed0[rows.index]]
+            ax.scatter(main["asr"], main["acc"], s=70, color=colour, marker=marker,
+                       edgecolors="white", linewidths=0.5, zorder=3)
+            ax.scatter(others["asr"], others["acc"], s=16, color=colour, marker=marker,
+                       alpha=0.6, linewidths=0, zorder=2)
         ax.set(xlim=(-0.04, 1.04), xlabel="ASR (lower is better)", ylabel="clean ACC",
                title=f"{_attack_label(a)} ({dataset})")
-    if not df.empty:
-        source = axes[0][attacks.index(fullest)]
-        handles, labels = source.get_legend_handles_labels()
-        source.get_legend().remove()
-        if (~seed0).any():  # name the small points, which the scatterplot's legend cannot
-            handles.append(plt.Line2D([], [], ls="", marker="o", ms=3.5, color="grey", alpha=0.7))
-            labels.append("other seeds (small)")
-        axes[0][-1].legend(handles, labels, fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    handles = [plt.Line2D([], [], ls="", marker=m, ms=7, color=c) for c, m in marks.values()]
+    labels = [_defense_label(n) for n in marks]
+    if (~seed0).any():  # the small points
+        handles.append(plt.Line2D([], [], ls="", marker="o", ms=3.5, color="grey", alpha=0.6))
+        labels.append("other seeds (small)")
+    key.axis("off")
+    key.legend(handles, labels, fontsize=7.5, loc="upper left", frameon=False)
     if missing:
         shown = ", ".join(missing[:12]) + (f", ... ({len(missing)} in all)" if len(missing) > 12 else "")
         fig.text(0.01, -0.02, f"not run yet (no results): {shown}", fontsize=7, va="top", wrap=True)

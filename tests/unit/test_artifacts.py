@@ -249,6 +249,20 @@ def test_fig4_names_the_other_seeds_points_in_its_legend():
     assert "other seeds (small)" not in legend(df[df["seed"] == 0])
 
 
+def test_fig4_marks_keep_a_methods_colour_and_tell_every_run_apart():
+    """Twenty runs in one legend: a method's tagged runs share its colour, no two runs share
+    a (colour, marker), and the legend lists a method's runs together."""
+    from burn.plotting import _fig4_marks
+
+    names = ["none", "burn", "fp", "burn:random", "fp:test_set", "burn:suspect_class", "sau:e100"]
+    marks = _fig4_marks(names)
+    assert list(marks) == ["none", "burn", "burn:random", "burn:suspect_class", "fp", "fp:test_set",
+                           "sau:e100"]
+    assert len({(str(c), m) for c, m in marks.values()}) == len(names)
+    assert marks["burn"][0] == marks["burn:random"][0] == marks["burn:suspect_class"][0]
+    assert marks["burn"][1] == "o" and marks["fp"][0] != marks["burn"][0]
+
+
 def test_an_executed_notebook_keeps_no_progress_bar_but_keeps_warnings():
     """A cached rerun of `burn reproduce` must leave the executed notebooks unchanged; a
     progress bar (timings, present only where a stage was computed) would not."""
