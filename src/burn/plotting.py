@@ -160,13 +160,14 @@ def _fig4_marks(names) -> dict[str, tuple]:
     palette = sns.color_palette("colorblind", 10)
     names = list(dict.fromkeys(names))
     bases = list(dict.fromkeys(n.partition(":")[0] for n in names))
-    marks, tags = {}, {}
+    marks, tagged = {}, {}  # tagged: how many tagged runs of each method have a marker
     for name in sorted(names, key=lambda n: bases.index(n.partition(":")[0])):  # a method's runs together
         base, _, tag = name.partition(":")
         colour = "black" if base == "none" else palette[_METHOD_COLOUR.get(base, 8)]
+        marker = "o"
         if tag:
-            tags.setdefault(base, []).append(tag)
-        marker = _TAG_MARKERS[(len(tags[base]) - 1) % len(_TAG_MARKERS)] if tag else "o"
+            marker = _TAG_MARKERS[tagged.get(base, 0) % len(_TAG_MARKERS)]
+            tagged[base] = tagged.get(base, 0) + 1
         marks[name] = (colour, marker)
     return marks
 
