@@ -30,8 +30,8 @@ EPILOG = """examples:
       any Burn parameter (docs/method.md) can be changed the same way, under a --tag name
       (burn.KEY=VALUE, the former spelling, is read as defenses.burn.KEY=VALUE)
   burn defend --attack badnets --tag coverage_class_outside
-      a run the preset names (defense_runs: the random control, Burn's opt-ins, the 100-epoch
-      FT-SAM and SAU); writes burn_coverage_class_outside.json
+      a named run (experiments/defense_runs.yaml: the random control, Burn's opt-ins; a
+      preset's defense_runs: the cpu preset's 100-epoch FT-SAM and SAU); writes burn_coverage_class_outside.json
   burn defend --attack badnets --defense nad
       a baseline (fp, nad, anp, ibau, ftsam, sau) with 5% clean training data; writes nad.json
   burn defend --attack badnets --defense fp --set defenses.fp.selection=test_set --tag test_set
@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "as clean data)")
     p.add_argument("--tag", help="name for a run with non-default options of the defense "
                                  "(--set defenses.NAME.*): writes NAME_<tag>.json "
-                                 "beside NAME.json; a tag the preset names under defense_runs "
+                                 "beside NAME.json; a named tag (experiments/defense_runs.yaml, "
+                                 "a preset's defense_runs) "
                                  "(e.g. burn's random, suspect_class, coverage_class_outside) "
                                  "brings its settings, no --set needed")
     p.add_argument("--rerun", action="store_true",

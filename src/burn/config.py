@@ -18,6 +18,8 @@ import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PRESET_DIR = PROJECT_ROOT / "experiments" / "presets"
+# Named defense runs every preset shares (``named_run``).
+SHARED_RUNS = PROJECT_ROOT / "experiments" / "defense_runs.yaml"
 
 # Field metadata that ``from_dict`` checks, besides the field's type.
 POSITIVE = {"check": "positive"}  # a size or count: > 0
@@ -283,13 +285,31 @@ def named_run(preset: str, defense: str, tag: str) -> dict[str, Any] | None:
     of ``defense`` under ``defense_runs: {DEFENSE: {TAG: {KEY: VALUE}}}``, or None where it
     names no such run. A named run (the random control, Burn's opt-ins, a baseline at another
     schedule) is then one setting wherever its tag is used: the CLI, sweeps and the report."""
-    runs = (_read_preset(_preset_path(preset)).get("defense_runs") or {}).get(defense) or {}
+    runs = _defense_runs(preset).get(defense) or {}
     if not tag or tag not in runs:
         return None
     if not isinstance(runs[tag], dict):
         raise ConfigError(f"defense_runs.{defense}.{tag} in preset {preset!r} is not a mapping "
                           f"of {defense}'s settings: {runs[tag]!r}")
     return {"defenses": {defense: dict(runs[tag])}}
+
+
+def _defense_runs(preset: str) -> dict[str, dict]:
+    """The named runs of ``preset``: those every preset shares (``SHARED_RUNS``: Burn's random
+    control and opt-ins) and the preset's own ``defense_runs`` (e.g. a baseline's full
+    schedule where the preset shortens it). A preset may add tags, never give a shared tag
+    other settings: a tag is one setting in every preset's tables."""
+    shared = (yaml.safe_load(SHARED_RUNS.read_text()) or {}) if SHARED_RUNS.is_file() else {}
+    own = _read_preset(_preset_path(preset)).get("defense_runs") or {}
+    runs = {d: dict(tags or {}) for d, tags in shared.items()}
+    for defense, tags in own.items():
+        for tag, settings in (tags or {}).items():
+            before = runs.setdefault(defense, {}).setdefault(tag, settings)
+            if before != settings:
+                raise ConfigError(f"defense_runs.{defense}.{tag} in preset {preset!r} gives "
+                                  f"{settings!r}, but {SHARED_RUNS.name} names that tag "
+                                  f"{before!r} for every preset: choose another tag")
+    return runs
 
 
 def load_preset(name: str, overrides: dict[str, Any] | None = None) -> ExperimentCfg:

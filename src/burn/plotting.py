@@ -4,6 +4,8 @@ from __future__ import annotations
 
 # No backend is forced: headless runs get Agg by matplotlib's own fallback, and notebooks keep
 # the inline backend, so every executed notebook shows its figures.
+import re
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -49,10 +51,16 @@ def regime_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
         ax.set(title=title, xlim=xlim)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.9 / n), frameon=False)
     axes[0][0].set_yticks(y, [f"{r.regime} (w{r.width}, {r.epochs} ep)" for r in rows.itertuples()])
-    fig.suptitle(f"Training regimes of the BadNets model ({dataset}): does a better-fitting model "
+    fig.suptitle(f"Training regimes of the BadNets model {_paren(dataset)}: does a better-fitting model "
                  "make the distance find the poison?", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _paren(label: str) -> str:
+    """``label`` in parentheses, a parenthesised part of it joined by a comma instead, so a
+    title never nests them: "CIFAR-10 (JPEG copy)" -> "(CIFAR-10, JPEG copy)"."""
+    return "(" + re.sub(r"\s*\(([^()]*)\)", r", \1", label) + ")"
 
 
 def _attack_label(a: str) -> str:
@@ -74,7 +82,7 @@ def table1_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
     long["samples"] = long["samples"].map({"mean_clean": "clean", "mean_poisoned": "poisoned"})
     sns.barplot(long, x="attack", y="distance", hue="samples", ax=axes[0])
     axes[0].set(ylabel="mean DeepFool L2 distance\n(pixel space, [0,1] images)", xlabel="attack",
-                title=f"Boundary distance, ours ({dataset})")
+                title=f"Boundary distance, ours {_paren(dataset)}")
     names = {"ratio_mean": "ours (means)", "ratio_median": "ours (medians)",
              "ratio_mean_vs_clean_model": "ours (means, vs clean model)", "paper_ratio": "paper (means)"}
     r = d.dropna(subset=["ratio_mean"]).melt(id_vars="attack", value_vars=[c for c in names if c in d],
@@ -113,7 +121,7 @@ def fig1_figure(df: pd.DataFrame, example: dict | None, dataset: str) -> plt.Fig
     long["attack"] = long["attack"].map(_attack_label)
     sns.boxplot(long, x="attack", y="cosine", hue="pair", ax=ax, fliersize=1)
     ax.set(ylabel="cosine similarity of\npenultimate features", xlabel="attack",
-           title=f"{len(df) // max(df['attack'].nunique(), 1)} images per attack ({dataset})")
+           title=f"{len(df) // max(df['attack'].nunique(), 1)} images per attack {_paren(dataset)}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -130,7 +138,7 @@ def fig2_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
         summary = d.groupby("group")[["share_true_label", "share_target"]].first()
         text = "; ".join(f"{g}: {r.share_true_label:.0%} true label, {r.share_target:.0%} target"
                          for g, r in summary.iterrows())
-        ax.set(title=f"{_attack_label(a)} ({dataset})\n{text}", xlabel="adversarial label",
+        ax.set(title=f"{_attack_label(a)} {_paren(dataset)}\n{text}", xlabel="adversarial label",
                ylabel="share of samples")
         ax.title.set_fontsize(9)
         ax.tick_params(axis="x", rotation=60)
@@ -203,7 +211,7 @@ def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figur
             ax.scatter(others["asr"], others["acc"], s=16, color=colour, marker=marker,
                        alpha=0.6, linewidths=0, zorder=2)
         ax.set(xlim=(-0.04, 1.04), xlabel="ASR (lower is better)", ylabel="clean ACC",
-               title=f"{_attack_label(a)} ({dataset})")
+               title=f"{_attack_label(a)} {_paren(dataset)}")
     handles = [plt.Line2D([], [], ls="", marker=m, ms=7, color=c) for c, m in marks.values()]
     labels = [_defense_label(n) for n in marks]
     if (~seed0).any():  # the small points
@@ -244,7 +252,7 @@ def fig5_figure(dist: pd.DataFrame, roc: pd.DataFrame, summary: pd.DataFrame, da
             ax.stairs(density, edges, label=f"{group} ({len(g):,})", color=color, lw=1.2)
         ax.set_xscale("log")
         ax.legend(fontsize=8, title="sample")
-        ax.set(title=f"{_attack_label(a)} ({dataset})", xlabel="DeepFool L2 distance (log scale)",
+        ax.set(title=f"{_attack_label(a)} {_paren(dataset)}", xlabel="DeepFool L2 distance (log scale)",
                ylabel="density")
     ax = axes[0][-1]
     for a in attacks:
@@ -271,7 +279,7 @@ def fig6_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
     ax.set_xscale("symlog", linthresh=1)
     ax.set(xlim=(0, df["n_poisoned"].max() * 1.2), xlabel="relabeled poisoned samples N (symlog)",
            ylabel="fraction of test images", ylim=(-0.02, 1.02),
-           title=f"Unlearning budget: N poisoned + {int(df['n_clean'].iloc[0])} clean samples ({dataset})")
+           title=f"Unlearning budget: N poisoned + {int(df['n_clean'].iloc[0])} clean samples {_paren(dataset)}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -290,7 +298,7 @@ def table2_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
         fv = df.loc[df["varied"] == varied, fixed]
         ax.set(xlabel=f"{varied} (poison fraction)" if varied == "alpha" else f"{varied} (clean fraction)",
                ylabel="fraction of test images", ylim=(-0.02, 1.02),
-               title=f"{varied} varied, {fixed} = {fv.iloc[0] if len(fv) else '-'} ({dataset})")
+               title=f"{varied} varied, {fixed} = {fv.iloc[0] if len(fv) else '-'} {_paren(dataset)}")
     fig.tight_layout()
     return fig
 
@@ -323,7 +331,7 @@ def tail_figure(rows: pd.DataFrame, summary: pd.DataFrame, classes, target: int,
         sns.histplot(t["clean_model_percentile"], bins=20, binrange=(0, 1), ax=ax_r)
         ax_r.set(xlabel="percentile of the clean-model distance among random training samples",
                  ylabel="clean tail samples",
-                 title=f"Same images under the clean model ({dataset}): median percentile "
+                 title=f"Same images under the clean model {_paren(dataset)}: median percentile "
                        f"{s['tail_clean_median_percentile_clean_model']:.2f}")
         ax_r.title.set_fontsize(9)
     fig.tight_layout()

@@ -106,6 +106,23 @@ def test_a_tag_the_preset_names_is_one_setting_everywhere(tmp_path, capsys):
     assert make_defense(jobs["burn_random"].cfg, "burn").selection == "random"
 
 
+def test_presets_share_one_setting_per_tag(tmp_path):
+    """Burn's opt-ins are named once (experiments/defense_runs.yaml) for every preset; a
+    preset adds its own tags and may not give a shared one other settings."""
+    from burn.config import named_run
+
+    for preset in ("cpu", "paper", "cpu-w16"):
+        assert named_run(preset, "burn", "coverage_class_outside") == {
+            "defenses": {"burn": {"selection": "coverage_class", "clean_set_outside_suspect": True}}}
+    assert named_run("cpu", "sau", "e100") == {"defenses": {"sau": {"epochs": 100}}}
+    assert named_run("paper", "sau", "e100") is None  # the cpu preset's own tag
+    assert named_run("cpu-w16", "burn", "suspect_class_phase1_clean") is not None
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("defense_runs: {burn: {random: {selection: suspect_class}}}\n")
+    with pytest.raises(ConfigError, match="names that tag"):
+        named_run(str(mine), "burn", "random")
+
+
 def test_scientific_notation_without_a_dot_is_a_number():
     # YAML 1.1 reads `1e-3` as a string; the CLI's own example (--set defenses.burn.lr=1e-3) needs it
     assert load_preset("cpu", {"train": {"lr": "1e-3"}}).train.lr == 1e-3
