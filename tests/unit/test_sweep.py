@@ -59,9 +59,14 @@ def test_spec_expands_along_the_stage_graph_and_refuses_what_it_cannot_run(tmp_p
     assert sweep.stage_counts() == {"model": [4, 0], "distances": [4, 0], "burn": [4, 0],
                                     "fp": [4, 0]}
     tagged = plan(load_sweep(_spec(tmp_path, defenses=[
-        {"name": "burn", "tag": "random", "set": {"burn.selection": "random"}}])),  # the former section
+        {"name": "burn", "tag": "rand", "set": {"burn.selection": "random"}}])),  # the former section
         results_root=tmp_path / "r", log_dir=tmp_path / "l")
-    assert tagged.jobs[-1].stage == "burn_random" and tagged.jobs[-1].cfg.defenses["burn"]["selection"] == "random"
+    assert tagged.jobs[-1].stage == "burn_rand" and tagged.jobs[-1].cfg.defenses["burn"]["selection"] == "random"
+    # a named tag (experiments/defense_runs.yaml) with other defenses.burn.* settings (TINY's
+    # burn.iterations) would be a second setting under one name: refused
+    with pytest.raises(ConfigError, match="drop the other defenses.burn"):
+        plan(load_sweep(_spec(tmp_path, defenses=[{"name": "burn", "tag": "random"}])),
+             results_root=tmp_path / "r", log_dir=tmp_path / "l")
     with pytest.raises(ConfigError, match="needs a `tag`"):
         load_sweep(_spec(tmp_path, defenses=[{"name": "fp", "set": {"defenses.fp.epochs": 1}}]))
     with pytest.raises(ConfigError, match="may change defenses.burn"):
