@@ -31,7 +31,8 @@ EPILOG = """examples:
       (burn.KEY=VALUE, the former spelling, is read as defenses.burn.KEY=VALUE)
   burn defend --attack badnets --tag coverage_class_outside
       a named run (experiments/defense_runs.yaml: the random control, Burn's opt-ins; a
-      preset's defense_runs: the cpu preset's 100-epoch FT-SAM and SAU); writes burn_coverage_class_outside.json
+      preset's defense_runs: the cpu preset's 100-epoch FT-SAM and SAU);
+      writes burn_coverage_class_outside.json
   burn defend --attack badnets --defense nad
       a baseline (fp, nad, anp, ibau, ftsam, sau) with 5% clean training data; writes nad.json
   burn defend --attack badnets --defense fp --set defenses.fp.selection=test_set --tag test_set

@@ -299,7 +299,10 @@ def _defense_runs(preset: str) -> dict[str, dict]:
     control and opt-ins) and the preset's own ``defense_runs`` (e.g. a baseline's full
     schedule where the preset shortens it). A preset may add tags, never give a shared tag
     other settings: a tag is one setting in every preset's tables."""
-    shared = (yaml.safe_load(SHARED_RUNS.read_text()) or {}) if SHARED_RUNS.is_file() else {}
+    if not SHARED_RUNS.is_file():  # without it `--tag random` would silently run the defaults
+        raise ConfigError(f"{SHARED_RUNS} is missing: it names the runs every preset shares "
+                          "(restore it from the repository: git checkout -- experiments/defense_runs.yaml)")
+    shared = yaml.safe_load(SHARED_RUNS.read_text()) or {}
     own = _read_preset(_preset_path(preset)).get("defense_runs") or {}
     runs = {d: dict(tags or {}) for d, tags in shared.items()}
     for defense, tags in own.items():

@@ -123,6 +123,15 @@ def test_presets_share_one_setting_per_tag(tmp_path):
         named_run(str(mine), "burn", "random")
 
 
+def test_a_missing_shared_runs_file_is_one_clear_error(tmp_path, monkeypatch):
+    """Without experiments/defense_runs.yaml a shared tag would silently mean the defaults."""
+    from burn import config
+
+    monkeypatch.setattr(config, "SHARED_RUNS", tmp_path / "defense_runs.yaml")
+    with pytest.raises(ConfigError, match="defense_runs.yaml is missing"):
+        config.named_run("cpu", "burn", "random")
+
+
 def test_scientific_notation_without_a_dot_is_a_number():
     # YAML 1.1 reads `1e-3` as a string; the CLI's own example (--set defenses.burn.lr=1e-3) needs it
     assert load_preset("cpu", {"train": {"lr": "1e-3"}}).train.lr == 1e-3
