@@ -150,6 +150,32 @@ def poison(cfg: ExperimentCfg, attack: Attack, train: ImageDataset, test: ImageD
     return attack.poison_train(train, generator=gen), attack.poison_test(test)
 
 
+POISON_CACHE_FORMAT = 1  # of the tensors below; a change makes every cached set a miss
+
+
+def stored_poison(cfg: ExperimentCfg, attack: Attack, train: ImageDataset, test: ImageDataset,
+                  key: str):
+    """``poison``'s sets of the stored model ``key``. An attack whose trigger is a network run
+    over every image (``slow_poison``: Input-aware, SSBA; minutes each time) keeps them in the
+    run cache under the model's key, so every notebook and defense after the first reads them."""
+    if not attack.slow_poison:
+        return poison(cfg, attack, train, test)
+
+    def compute() -> dict:
+        tr, te = poison(cfg, attack, train, test)
+        return {"train": {f.name: getattr(tr, f.name) for f in dataclasses.fields(tr)},
+                "test": {f.name: getattr(te, f.name) for f in dataclasses.fields(te)}}
+
+    sets = cached(TorchStore(run_dir("attack", key) / "poisoned_sets.pt"),
+                  f"{key}-sets{POISON_CACHE_FORMAT}", compute)
+    poisoned, poisoned_test = PoisonedDataset(**sets["train"]), ImageDataset(**sets["test"])
+    if len(poisoned) != len(train) or len(poisoned_test) > len(test):
+        raise DamagedFileError(run_dir("attack", key) / "poisoned_sets.pt",
+                               f"holds {len(poisoned)} training images for {len(train)}",
+                               "delete it; it is made again")
+    return poisoned, poisoned_test
+
+
 def prepare_data(cfg: ExperimentCfg, runtime: Runtime = Runtime()):
     """Load data, fit the attack and poison train and test sets (all deterministic); for an
     attack that trains with the model (``custom_training``), use ``attacked_model``."""
@@ -259,7 +285,7 @@ def attacked_model(cfg: ExperimentCfg, runtime: Runtime = Runtime(), *,
     if attack.custom_training:
         attack = attack.with_state(stored["attack_state"])
     # made from the stored attack state either way (``fitted`` rounds as ``attack_state`` stores)
-    poisoned, poisoned_test = made[0] if made else poison(cfg, attack, train, test)
+    poisoned, poisoned_test = made[0] if made else stored_poison(cfg, attack, train, test, key)
     return AttackRun(cfg, key, model.eval(), attack, poisoned, test, poisoned_test,
                      stored["record"], out, runtime, bool(made))
 

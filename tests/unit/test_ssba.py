@@ -213,3 +213,22 @@ def test_kaiming_init_is_an_option_that_keeps_the_stored_key():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     default = _seeded(make, 0)
     assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), default.state_dict().values()))
+
+
+def test_a_stored_models_encoded_sets_are_made_once_then_read_from_the_run_cache(smoke_run,
+                                                                                monkeypatch):
+    from burn.experiment import poison, stored_poison
+
+    _, cfg, (attack, *_) = smoke_run
+    train, test = _dataset(40), _dataset(20, seed=1)
+    first = stored_poison(cfg, attack, train, test, "k-sets-test")
+    want = poison(cfg, attack, train, test)
+    monkeypatch.setattr(SSBA, "apply_trigger", lambda *a: pytest.fail("encoded again"))
+    again = stored_poison(cfg, attack, train, test, "k-sets-test")
+    for got in (first, again):
+        assert torch.equal(got[0].images, want[0].images)
+        assert torch.equal(got[0].poison_mask, want[0].poison_mask)
+        assert torch.equal(got[0].original_labels, want[0].original_labels)
+        assert torch.equal(got[1].images, want[1].images) and got[1].name == want[1].name
+    with pytest.raises(pytest.fail.Exception, match="encoded again"):  # another model: made anew
+        stored_poison(cfg, attack, train, test, "k-other-model")

@@ -81,6 +81,7 @@ class Attack:
     needs_clean_model = False  # fit() optimizes against the preset's clean model (TrojanNN)
 
     custom_training = False  # the classifier trains through training_hook (Input-aware)
+    slow_poison = False  # the trigger is a network run over every image: poisoned sets are cached
 
     def fit(self, train: ImageDataset, *, generator: torch.Generator, model=None,
             **context) -> "Attack":

@@ -140,6 +140,7 @@ class InputAware(Attack):
     name = "inputaware"
     label = "Dynamic"  # the paper's name for it
     custom_training = True
+    slow_poison = True
 
     # ----------------------------------------------------------------- stage 1: the mask net
     def fit(self, train: ImageDataset, *, generator: torch.Generator, model=None, device=None,

@@ -58,6 +58,7 @@ class SSBA(Attack):
 
     name = "ssba"
     label = "SSBA"
+    slow_poison = True
 
     def resources(self) -> dict:
         shared = {f.name for f in dataclasses.fields(StegaStampCfg)} & \
