@@ -13,6 +13,8 @@ migration can compute the key of a config in an older schema.
 
 from __future__ import annotations
 
+import dataclasses
+
 from .cache import config_hash
 from .deepfool import DEEPFOOL_VERSION
 
@@ -21,7 +23,26 @@ ATTACK_STAGE_VERSION = 1
 
 def attack_key_of(data_name: str, data, model, train, attack, parts: tuple = ()) -> str:
     """The attacked model's key from its config's sections (dataclasses or stored dicts)."""
-    return config_hash("attack", ATTACK_STAGE_VERSION, data_name, data, model, train, attack, *parts)
+    return config_hash("attack", ATTACK_STAGE_VERSION, data_name, data, model, train,
+                       without_default_params(attack), *parts)
+
+
+def without_default_params(attack) -> dict:
+    """The attack section (``AttackCfg`` or its stored dict) with the ``params`` that equal
+    their attack's defaults left out: naming a default builds the same attack, so it is the
+    same model (e.g. a variant that states TrojanNN's ``neuron_choice`` the preset overrides)."""
+    from .attacks import ATTACKS
+    from .cache import to_jsonable
+
+    section = dict(to_jsonable(attack, for_key=True))
+    cls = ATTACKS.get(section.get("name"))
+    if cls is None or not section.get("params"):
+        return section
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING}
+    section["params"] = {k: v for k, v in section["params"].items()
+                         if k not in defaults or to_jsonable(defaults[k], for_key=True) != v}
+    return section
 
 
 def attack_key(cfg, data_name: str, parts: tuple = ()) -> str:

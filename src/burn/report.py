@@ -203,9 +203,19 @@ def claims_table(res: Path, attacks: list[str]) -> str:
         ["Fig. 4: Burn with the paper's defaults: ACC; ASR"] + [burn(a) for a in attacks],
         [f"backdoor removed (Burn's ASR <= {REMOVED_AT:.2f})?"] + [removed(a) for a in attacks],
         ["Burn's ASR over seeds ± 95% CI (k of n removed)"]
-        + [_burn_over_seeds(res / a) for a in attacks],
+        + [_burn_over_seeds(_artifact_dir(res, a)) for a in attacks],
     ]
     return _md([""] + [attack_label(a) for a in attacks], rows)
+
+
+def _artifact_dir(res: Path, attack: str) -> Path:
+    """The folder the tables read ``attack`` from: the preset's own, or the variant its
+    ``artifact_variants`` names (``res`` is ``results/<preset>/<dataset>``)."""
+    from .config import artifact_overrides, available_presets
+
+    preset = res.parent.name
+    variant = artifact_overrides(preset, attack).get("variant") if preset in available_presets() else None
+    return res / attack / "variants" / variant if variant else res / attack
 
 
 def _burn_over_seeds(run_dir: Path) -> str:

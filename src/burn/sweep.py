@@ -257,8 +257,16 @@ def stored_model_key(cfg: ExperimentCfg, root=None) -> str | None:
                                            if k in rec["config"]})
     except (DamagedFileError, ConfigError, KeyError):
         return None
-    same = all(getattr(stored, s) == getattr(cfg, s) for s in MODEL_SECTIONS)
+    same = all(_keyed(stored, s) == _keyed(cfg, s) for s in MODEL_SECTIONS)
     return rec.get("config_hash") if same else None
+
+
+def _keyed(cfg: ExperimentCfg, section: str):
+    """A model section as the model's key sees it (an attack's params at their defaults left out)."""
+    from .keys import without_default_params
+
+    value = getattr(cfg, section)
+    return without_default_params(value) if section == "attack" else value
 
 
 def stages_done(job: Job, root=None) -> dict[str, bool]:

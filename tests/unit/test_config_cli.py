@@ -30,6 +30,24 @@ def test_result_keys_do_not_depend_on_the_presets_name():
     assert attack_key(load_preset("cpu"), "CIFAR-10") != attack_key(w16, "CIFAR-10")
 
 
+def test_an_attack_param_stated_at_its_default_keeps_the_key():
+    """A variant that names an attack's default (TrojanNN's ``neuron_choice``, which the cpu
+    preset overrides) is the same model as a config without it; a stored dict keys alike."""
+    from burn.keys import attack_key, without_default_params
+
+    def trojannn(**attack):
+        return load_preset("cpu", {"attack": {"name": "trojannn", **attack}})
+
+    bare = trojannn(params={})  # an explicit mapping replaces the preset's params
+    stated = trojannn(params={"neuron_choice": "clean_linear"})
+    preset = trojannn()
+    assert preset.attack.params == {"neuron_choice": "backdoorbench"}
+    assert attack_key(bare, "C") == attack_key(stated, "C") != attack_key(preset, "C")
+    assert stated.attack.params == {"neuron_choice": "clean_linear"}  # the config keeps what was said
+    stored = {"name": "trojannn", "params": {"neuron_choice": "clean_linear", "iters": 5}}
+    assert without_default_params(stored)["params"] == {"iters": 5}
+
+
 def test_unknown_keys_raise():
     with pytest.raises(ConfigError, match="epochz"):
         load_preset("smoke", {"train": {"epochz": 3}})
