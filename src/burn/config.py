@@ -294,6 +294,14 @@ def named_run(preset: str, defense: str, tag: str) -> dict[str, Any] | None:
     return {"defenses": {defense: dict(runs[tag])}}
 
 
+def named_run_source(preset: str, defense: str, tag: str) -> str:
+    """Where run ``tag`` of ``defense`` is named: the shared file or the preset's own file."""
+    shared = yaml.safe_load(SHARED_RUNS.read_text()) if SHARED_RUNS.is_file() else None
+    if tag in ((shared or {}).get(defense) or {}):
+        return f"experiments/{SHARED_RUNS.name}, shared by every preset"
+    return f"defense_runs in {_preset_path(preset).name}"
+
+
 def _defense_runs(preset: str) -> dict[str, dict]:
     """The named runs of ``preset``: those every preset shares (``SHARED_RUNS``: Burn's random
     control and opt-ins) and the preset's own ``defense_runs`` (e.g. a baseline's full

@@ -18,7 +18,7 @@ import torch
 from .analysis import separation_summary
 from . import keys
 from .config import (ConfigError, ExperimentCfg, _deep_merge, from_dict, load_preset,
-                     named_run, to_dict)
+                     named_run, named_run_source, to_dict)
 from .data import dataset_spec
 from .defenses import DEFENSES, Defense
 from .defenses.base import DefenderData
@@ -62,8 +62,9 @@ def tagged_cfg(preset: str, overrides: dict, name: str, tag: str) -> ExperimentC
     given = make_defense(cfg, name)
     if given not in (make_defense(base, name), make_defense(tagged, name)):
         raise ConfigError(f"--tag {tag} is the name preset {preset!r} gives {name} with "
-                          f"{named['defenses'][name]} (defense_runs); drop the other "
-                          f"defenses.{name}.* settings to run it, or name your run another tag")
+                          f"{named['defenses'][name]} ({named_run_source(preset, name, tag)}); "
+                          f"drop the other defenses.{name}.* settings to run it, or name your "
+                          "run another tag")
     return tagged
 
 

@@ -111,8 +111,10 @@ def test_a_tag_the_preset_names_is_one_setting_everywhere(tmp_path, capsys):
     assert tagged_cfg("cpu", same, "burn", "coverage_class_outside") == cfg
     mine = {**over, "defenses": {"burn": {"lr": 1e-3}}}
     assert make_defense(tagged_cfg("cpu", mine, "burn", "my_lr"), "burn").lr == 1e-3  # not named
-    with pytest.raises(ConfigError, match="is the name preset 'cpu' gives burn"):
+    with pytest.raises(ConfigError, match="is the name preset 'cpu' gives burn.*defense_runs.yaml, shared"):
         tagged_cfg("cpu", mine, "burn", "random")
+    with pytest.raises(ConfigError, match="defense_runs in cpu.yaml"):  # the preset's own tag
+        tagged_cfg("cpu", {**over, "defenses": {"sau": {"epochs": 3}}}, "sau", "e100")
     code = main(["defend", "--preset", "cpu", "--attack", "lf", "--tag", "random", "--set",
                  "defenses.burn.lr=1e-3", "--data-root", str(tmp_path), "--quiet"])
     assert code == 2 and "is the name preset 'cpu' gives burn" in capsys.readouterr().err
