@@ -296,10 +296,17 @@ def named_run(preset: str, defense: str, tag: str) -> dict[str, Any] | None:
 
 def named_run_source(preset: str, defense: str, tag: str) -> str:
     """Where run ``tag`` of ``defense`` is named: the shared file or the preset's own file."""
-    shared = yaml.safe_load(SHARED_RUNS.read_text()) if SHARED_RUNS.is_file() else None
-    if tag in ((shared or {}).get(defense) or {}):
+    if tag in (_shared_runs().get(defense) or {}):
         return f"experiments/{SHARED_RUNS.name}, shared by every preset"
     return f"defense_runs in {_preset_path(preset).name}"
+
+
+def _shared_runs() -> dict[str, dict]:
+    """The named runs every preset shares (``SHARED_RUNS``)."""
+    if not SHARED_RUNS.is_file():  # without it `--tag random` would silently run the defaults
+        raise ConfigError(f"{SHARED_RUNS} is missing: it names the runs every preset shares "
+                          "(restore it from the repository: git checkout -- experiments/defense_runs.yaml)")
+    return yaml.safe_load(SHARED_RUNS.read_text()) or {}
 
 
 def _defense_runs(preset: str) -> dict[str, dict]:
@@ -307,10 +314,7 @@ def _defense_runs(preset: str) -> dict[str, dict]:
     control and opt-ins) and the preset's own ``defense_runs`` (e.g. a baseline's full
     schedule where the preset shortens it). A preset may add tags, never give a shared tag
     other settings: a tag is one setting in every preset's tables."""
-    if not SHARED_RUNS.is_file():  # without it `--tag random` would silently run the defaults
-        raise ConfigError(f"{SHARED_RUNS} is missing: it names the runs every preset shares "
-                          "(restore it from the repository: git checkout -- experiments/defense_runs.yaml)")
-    shared = yaml.safe_load(SHARED_RUNS.read_text()) or {}
+    shared = _shared_runs()
     own = _read_preset(_preset_path(preset)).get("defense_runs") or {}
     runs = {d: dict(tags or {}) for d, tags in shared.items()}
     for defense, tags in own.items():

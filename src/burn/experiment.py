@@ -166,12 +166,12 @@ def stored_poison(cfg: ExperimentCfg, attack: Attack, train: ImageDataset, test:
         return {"train": {f.name: getattr(tr, f.name) for f in dataclasses.fields(tr)},
                 "test": {f.name: getattr(te, f.name) for f in dataclasses.fields(te)}}
 
-    sets = cached(TorchStore(run_dir("attack", key) / "poisoned_sets.pt"),
-                  f"{key}-sets{POISON_CACHE_FORMAT}", compute)
+    path = run_dir("attack", key) / "poisoned_sets.pt"
+    sets = cached(TorchStore(path), f"{key}-sets{POISON_CACHE_FORMAT}", compute)
     poisoned, poisoned_test = PoisonedDataset(**sets["train"]), ImageDataset(**sets["test"])
     if len(poisoned) != len(train) or len(poisoned_test) > len(test):
-        raise DamagedFileError(run_dir("attack", key) / "poisoned_sets.pt",
-                               f"holds {len(poisoned)} training images for {len(train)}",
+        raise DamagedFileError(path, f"holds {len(poisoned)} training and {len(poisoned_test)} "
+                               f"test images for {len(train)} and {len(test)}",
                                "delete it; it is made again")
     return poisoned, poisoned_test
 

@@ -211,11 +211,13 @@ def claims_table(res: Path, attacks: list[str]) -> str:
 def _artifact_dir(res: Path, attack: str) -> Path:
     """The folder the tables read ``attack`` from: the preset's own, or the variant its
     ``artifact_variants`` names (``res`` is ``results/<preset>/<dataset>``)."""
-    from .config import artifact_overrides, available_presets
+    from .config import artifact_cfg, available_presets
+    from .experiment import results_dir
 
     preset = res.parent.name
-    variant = artifact_overrides(preset, attack).get("variant") if preset in available_presets() else None
-    return res / attack / "variants" / variant if variant else res / attack
+    if preset not in available_presets():
+        return res / attack
+    return results_dir(artifact_cfg(preset, res.name, attack), res.parent.parent)
 
 
 def _burn_over_seeds(run_dir: Path) -> str:
