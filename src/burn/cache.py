@@ -103,11 +103,12 @@ def save_torch(obj, path) -> None:
         torch.save(obj, tmp)
 
 
-def load_torch(path, *, hint: str = ""):
+def load_torch(path, *, hint: str = "", mmap: bool = False):
     """``torch.load`` of a file written by ``save_torch``; a file that cannot be read, or a
-    dict whose ``state_dict`` does not match its ``sha256``, is a DamagedFileError."""
+    dict whose ``state_dict`` does not match its ``sha256``, is a DamagedFileError. ``mmap``:
+    tensors are mapped, not read, so reading a small entry of a large file is cheap."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except FileNotFoundError:
         raise
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...

@@ -116,8 +116,8 @@ class EntryStore:
 class TorchStore:
     path: Path
 
-    def stored_key(self):
-        return load_torch(self.path).get("key") if self.path.is_file() else None
+    def stored_key(self):  # mapped: the key without reading the value's tensors
+        return load_torch(self.path, mmap=True).get("key") if self.path.is_file() else None
 
     def load(self):
         return load_torch(self.path)["value"]

@@ -60,6 +60,20 @@ def test_a_damaged_store_is_reported_with_its_recovery(tmp_path):
         cached(store, "k1", lambda: {"v": 1})
 
 
+def test_a_torch_store_reads_its_key_mapped_and_reports_a_truncated_file(tmp_path):
+    import torch
+
+    store = TorchStore(tmp_path / "sets.pt")
+    value = {"images": torch.arange(4096, dtype=torch.uint8).reshape(4, 1024)}
+    cached(store, "k1", lambda: value)
+    assert store.stored_key() == "k1"
+    assert torch.equal(cached(store, "k1", lambda: None)["images"], value["images"])
+    data = store.path.read_bytes()
+    store.path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DamagedFileError, match="sets.pt"):
+        cached(store, "k1", lambda: value)
+
+
 def test_entries_of_a_sweep_are_kept_side_by_side(tmp_path):
     path = tmp_path / "rows.json"
     for k in ("a", "b"):
