@@ -51,9 +51,10 @@ def iterate_batches(n: int, batch_size: int, generator: torch.Generator):
 def run_epoch(model: nn.Module, optimizer, images: Tensor, labels: Tensor, *, batch_size: int,
               generator: torch.Generator, augment: bool, crop_padding: int = 4,
               flip: bool = True, amp_bf16: bool = False, progress: bool = False,
-              desc: str = "", hook=None) -> float:
+              desc: str = "", hook=None, loss_fn=None) -> float:
     """One pass of cross-entropy training over ``images`` (uint8 or float in [0, 1], on the
-    CPU or already on the model's device). Returns the mean training loss. The loss is summed
+    CPU or already on the model's device); ``loss_fn(logits, labels)`` replaces the
+    cross-entropy where given (soft targets). Returns the mean training loss. The loss is summed
     on the device and read once at the end (the bar reads it every 50 steps), so a GPU step
     never waits for the host. ``hook`` (an attack's ``training_hook``) rewrites each augmented
     batch and adds its loss, and steps its own optimizer after the model's."""
@@ -76,7 +77,7 @@ def run_epoch(model: nn.Module, optimizer, images: Tensor, labels: Tensor, *, ba
             extra = None
             if hook is not None:
                 x, y, extra = hook.batch(x, y, generator)
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = (loss_fn or F.cross_entropy)(model(x).float(), y)
             if extra is not None:
                 loss = loss + extra.float()
         optimizer.zero_grad(set_to_none=True)

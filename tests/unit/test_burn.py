@@ -106,7 +106,7 @@ def test_phase1_clean_set_is_opt_in_and_keeps_existing_keys():
     # at their defaults the options added later are left out of config hashes, so committed
     # results stay valid
     later = ("phase1_clean_set", "lambda_end", "min_spread_gap", "min_coverage", "keep_suspect_class",
-             "clean_set_outside_suspect")
+             "clean_set_outside_suspect", "distill_keep", "distill_temperature")
     assert config_hash(Burn()) == config_hash({k: v for k, v in Burn().__dict__.items()
                                                if k not in later})
     assert config_hash(Burn(phase1_clean_set=True)) != config_hash(Burn())
@@ -234,3 +234,51 @@ def test_clean_set_outside_suspect_keeps_the_suspect_class_out_of_c_t():
         assert torch.equal(a, b)  # the global selection has no suspect class: nothing changes
     assert config_hash(Burn(clean_set_outside_suspect=False)) == config_hash(Burn())
     assert config_hash(Burn(clean_set_outside_suspect=True)) != config_hash(Burn())
+
+
+def test_soft_target_loss_is_cross_entropy_on_one_hot_rows_and_distillation_on_soft_ones():
+    from burn.defenses.burn import hard_targets, soft_target_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, 10, generator=g), torch.arange(6)
+    assert torch.allclose(soft_target_loss(logits, hard_targets(y, 10)),
+                          torch.nn.functional.cross_entropy(logits, y))
+    teacher, temp = torch.randn(6, 10, generator=g), 4.0
+    soft = torch.softmax(teacher / temp, 1)
+    target = torch.cat([soft, torch.full((6, 1), temp)], 1)
+    expected = temp ** 2 * (soft * (soft.log() - torch.log_softmax(logits / temp, 1))).sum(1).mean()
+    assert torch.allclose(soft_target_loss(logits, target), expected)
+
+
+def test_distill_keep_trains_on_other_labels_soft_outputs_and_needs_a_class_selection():
+    """K holds only samples outside the suspect class, fine-tuned towards the frozen model's
+    tempered predictions beside P_t and C_t; off by default (committed keys unchanged); under
+    the global selection it is refused, since K would hold the target label's poison."""
+    from burn.cache import config_hash
+    import burn.defenses.burn as burn_module
+
+    model, images, labels, _, mask, norms, adv = _setup()
+    cfg = replace(CFG, selection="suspect_class", distill_keep=30)
+    seen = []
+    real = burn_module.finetune
+
+    def spy(model_, images_, y, cfg_, gen, **kw):
+        seen.append((images_, y))
+        return real(model_, images_, y, cfg_, gen, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(burn_module, "finetune", spy)
+        _, rep = defend(model, images, labels, cfg, norms=norms, adv_labels=adv, poison_mask=mask)
+    assert rep.suspect_class == 0 and len(seen) == CFG.iterations + 1
+    for it, (x, y) in zip(rep.iterations, seen):
+        n_hard = it.n_poison_set + it.n_clean_set
+        assert y.shape == (n_hard + 30, 11)
+        assert torch.all(y[:n_hard, -1] == 1) and torch.all(y[n_hard:, -1] == 4.0)
+        assert torch.allclose(y[:, :-1].sum(1), torch.ones(len(y)))
+    keep_images = seen[0][0][-30:]
+    assert torch.equal(keep_images, seen[-1][0][-30:])  # drawn once
+    in_class = images[labels == 0]
+    assert not any(torch.equal(k, c) for k in keep_images for c in in_class)
+    with pytest.raises(ValueError, match="class selection"):
+        defend(model, images, labels, replace(CFG, distill_keep=30), norms=norms, adv_labels=adv)
+    assert config_hash(Burn(distill_keep=0, distill_temperature=4.0)) == config_hash(Burn())

@@ -197,12 +197,47 @@ def finetune(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn,
              generator: torch.Generator, *, flip: bool = True) -> nn.Module:
     """One Burn fine-tuning step, in place: ``cfg.epochs`` epochs of Adam (``cfg.lr``) on
     (images, labels), augmented as in training (``flip``: the dataset's setting); returns
-    the model in eval mode."""
+    the model in eval mode. ``labels``: (M,) class indices, or (M, C + 1) soft targets
+    (``soft_target_loss``)."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = soft_target_loss if labels.dim() == 2 else None
     for _ in range(cfg.epochs):
         run_epoch(model, opt, images, labels, batch_size=cfg.batch_size, generator=generator,
-                  augment=cfg.augment, flip=flip)
+                  augment=cfg.augment, flip=flip, loss_fn=loss_fn)
     return model.eval()
+
+
+def soft_target_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Knowledge distillation's loss per row, averaged: ``target`` (B, C + 1) holds a
+    distribution over the C classes and the temperature T it is matched at, and a row costs
+    T^2 KL(target || softmax(logits / T)). A one-hot row at T = 1 costs its cross-entropy."""
+    dist, temp = target[:, :-1], target[:, -1:]
+    kl = F.kl_div(F.log_softmax(logits / temp, 1), dist, reduction="none").sum(1)
+    return (temp.squeeze(1) ** 2 * kl).mean()
+
+
+def hard_targets(labels: Tensor, n_classes: int) -> Tensor:
+    """Class indices as ``soft_target_loss`` rows: one-hot, at T = 1."""
+    one_hot = F.one_hot(labels, n_classes).float()
+    return torch.cat([one_hot, one_hot.new_ones(len(labels), 1)], 1)
+
+
+def distill_keep_set(cfg: Burn, f0: nn.Module, images: Tensor, labels: Tensor,
+                     suspect: int | None) -> tuple[Tensor, Tensor] | None:
+    """Opt-in ``distill_keep``: K, that many samples whose given label is not the suspect
+    class (so no dirty-label poison), drawn once, with the frozen model's predictions at
+    ``distill_temperature`` as ``soft_target_loss`` targets; None when off."""
+    if not cfg.distill_keep:
+        return None
+    if suspect is None:
+        raise ValueError("defenses.burn.distill_keep needs a class selection (selection="
+                         "suspect_class, spread_class or coverage_class): under the global or "
+                         "random selection K would hold the target label's poison")
+    pool = (labels != suspect).nonzero().squeeze(1)
+    draw = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.seed + 2))
+    idx = pool[draw[:cfg.distill_keep]]
+    soft = F.softmax(predict_logits(f0, images[idx]) / cfg.distill_temperature, 1)
+    return idx, torch.cat([soft, soft.new_full((len(idx), 1), cfg.distill_temperature)], 1)
 
 
 def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
@@ -249,6 +284,7 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
     # candidates for C_t: everything, or (opt-in) only the other labels
     c_allowed = ~eligible if cfg.clean_set_outside_suspect and suspect is not None \
         else torch.ones(n, dtype=torch.bool)
+    keep = distill_keep_set(cfg, f0, images, labels, suspect)
     logits0 = None
     iterations: list[BurnIteration] = []
     bar = tqdm(range(cfg.iterations + 1), desc="burn", disable=not progress)
@@ -274,6 +310,10 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
             c_idx = torch.cat([c_idx, _keep_suspect(score, eligible, p_idx, c_idx)])
         idx = torch.cat([p_idx, c_idx])
         y = torch.cat([adv_labels[p_idx], labels[c_idx]])
+        if keep is not None:  # K beside P_t and C_t, on the frozen model's soft outputs
+            k_idx, k_targets = keep
+            idx = torch.cat([idx, k_idx])
+            y = torch.cat([hard_targets(y, k_targets.shape[1] - 1), k_targets])
         finetune(ft, images[idx], y, cfg, gen, flip=flip)
         it = BurnIteration(t=t, lam=lam, alpha=alpha, beta=beta, n_poison_set=len(p_idx),
                            n_clean_set=len(c_idx), wall_s=0.0,
@@ -368,6 +408,14 @@ class Burn(Defense):
     # lambda_t rises linearly from 0 to lambda_end at t = T. The paper's 1.0 makes the last
     # iteration rank by prediction divergence alone; 0.5 keeps half the distance term there.
     lambda_end: float = field(default=1.0, metadata={**OMIT_AT_DEFAULT, **FRACTION})
+    # Opt-in with the class selections (not the paper): every fine-tuning step also trains on
+    # K, ``distill_keep`` samples of the other labels drawn once, towards the frozen model's
+    # predictions at ``distill_temperature`` (knowledge distillation): their soft outputs hold
+    # what the model knows of the suspect class (a ship's small airplane probability), which
+    # the class's own samples, relabeled or poisoned, cannot give back. Phase 1 alone with it:
+    # docs/findings.md, "Nor by distillation".
+    distill_keep: int = field(default=0, metadata={**OMIT_AT_DEFAULT, **NONNEG})
+    distill_temperature: float = field(default=4.0, metadata={**OMIT_AT_DEFAULT, **POSITIVE})
     seed: int = 0
 
     name = "burn"
