@@ -253,8 +253,8 @@ def baselines_table(res: Path, attacks: list[str]) -> str:
 # ``burn_T.json``, Fig. 4's ``burn:T``): the random control and the opt-ins. None uses clean data.
 BURN_RUNS = {"": "paper's ranking", "random": "random `P_t` (control)",
              "lambda_end_0.5": "`lambda_end` 0.5", "suspect_class": "suspect class",
-             "spread_class": "spread class", "coverage_class_nokeep": "coverage class",
-             "coverage_class_outside": "coverage class, `C_t` outside it"}
+             "spread_class": "spread class", "coverage_class_outside": "coverage class, `C_t` outside it",
+             "coverage_class_distill": "the same, distilled (K)"}
 
 
 def burn_run(tag: str, sep: str) -> str:
