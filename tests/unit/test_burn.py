@@ -106,7 +106,8 @@ def test_phase1_clean_set_is_opt_in_and_keeps_existing_keys():
     # at their defaults the options added later are left out of config hashes, so committed
     # results stay valid
     later = ("phase1_clean_set", "lambda_end", "min_spread_gap", "min_coverage", "keep_suspect_class",
-             "clean_set_outside_suspect", "distill_keep", "distill_temperature")
+             "clean_set_outside_suspect", "distill_keep", "distill_temperature",
+             "distill_ignore_suspect")
     assert config_hash(Burn()) == config_hash({k: v for k, v in Burn().__dict__.items()
                                                if k not in later})
     assert config_hash(Burn(phase1_clean_set=True)) != config_hash(Burn())
@@ -282,3 +283,35 @@ def test_distill_keep_trains_on_other_labels_soft_outputs_and_needs_a_class_sele
     with pytest.raises(ValueError, match="class selection"):
         defend(model, images, labels, replace(CFG, distill_keep=30), norms=norms, adv_labels=adv)
     assert config_hash(Burn(distill_keep=0, distill_temperature=4.0)) == config_hash(Burn())
+
+
+def test_distill_ignore_suspect_leaves_the_class_out_of_targets_and_outputs():
+    """A NaN target entry drops its class from both distributions: the loss equals KL over the
+    other classes, its gradient never reaches the ignored logit, and K's targets carry NaN in
+    the suspect column only. Without K the option is refused."""
+    from burn.defenses.burn import distill_keep_set, soft_target_loss
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 10, generator=g, requires_grad=True)
+    soft = torch.softmax(torch.randn(5, 9, generator=g) / 4.0, 1)
+    target = torch.cat([torch.full((5, 1), float("nan")), soft, torch.full((5, 1), 4.0)], 1)
+    loss = soft_target_loss(logits, target)
+    expected = 16 * (soft * (soft.log() - torch.log_softmax(logits[:, 1:] / 4.0, 1))).sum(1).mean()
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert torch.all(logits.grad[:, 0] == 0) and torch.isfinite(logits.grad).all()
+    model, images, labels, _, mask, norms, adv = _setup()
+    cfg = replace(CFG, selection="suspect_class", distill_keep=30, distill_ignore_suspect=True)
+    idx, k_targets = distill_keep_set(cfg, model.eval(), images, labels, 0)
+    assert k_targets[:, 0].isnan().all() and not k_targets[:, 1:].isnan().any()
+    assert torch.allclose(k_targets[:, 1:-1].sum(1), torch.ones(30))
+    purified, rep = defend(model, images, labels, cfg, norms=norms, adv_labels=adv,
+                           poison_mask=mask)
+    assert len(rep.iterations) == CFG.iterations + 1
+    assert all(torch.isfinite(p).all() for p in purified.parameters())
+    with pytest.raises(ValueError, match="set distill_keep"):
+        defend(model, images, labels, replace(CFG, distill_ignore_suspect=True), norms=norms,
+               adv_labels=adv)
+    from burn.cache import config_hash
+
+    assert config_hash(Burn(distill_ignore_suspect=False)) == config_hash(Burn())

@@ -210,9 +210,12 @@ def finetune(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn,
 def soft_target_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Knowledge distillation's loss per row, averaged: ``target`` (B, C + 1) holds a
     distribution over the C classes and the temperature T it is matched at, and a row costs
-    T^2 KL(target || softmax(logits / T)). A one-hot row at T = 1 costs its cross-entropy."""
+    T^2 KL(target || softmax(logits / T)). A one-hot row at T = 1 costs its cross-entropy. A
+    NaN entry leaves its class out of both distributions: the row is matched over the others."""
     dist, temp = target[:, :-1], target[:, -1:]
-    kl = F.kl_div(F.log_softmax(logits / temp, 1), dist, reduction="none").sum(1)
+    ignored = dist.isnan()
+    logp = F.log_softmax((logits / temp).masked_fill(ignored, float("-inf")), 1)
+    kl = F.kl_div(logp.masked_fill(ignored, 0.0), dist.nan_to_num(0.0), reduction="none").sum(1)
     return (temp.squeeze(1) ** 2 * kl).mean()
 
 
@@ -226,8 +229,11 @@ def distill_keep_set(cfg: Burn, f0: nn.Module, images: Tensor, labels: Tensor,
                      suspect: int | None) -> tuple[Tensor, Tensor] | None:
     """Opt-in ``distill_keep``: K, that many samples whose given label is not the suspect
     class (so no dirty-label poison), drawn once, with the frozen model's predictions at
-    ``distill_temperature`` as ``soft_target_loss`` targets; None when off."""
+    ``distill_temperature`` as ``soft_target_loss`` targets; None when off. With
+    ``distill_ignore_suspect`` the targets leave the suspect class out (NaN)."""
     if not cfg.distill_keep:
+        if cfg.distill_ignore_suspect:
+            raise ValueError("defenses.burn.distill_ignore_suspect acts on K: set distill_keep too")
         return None
     if suspect is None:
         raise ValueError("defenses.burn.distill_keep needs a class selection (selection="
@@ -236,7 +242,12 @@ def distill_keep_set(cfg: Burn, f0: nn.Module, images: Tensor, labels: Tensor,
     pool = (labels != suspect).nonzero().squeeze(1)
     draw = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.seed + 2))
     idx = pool[draw[:cfg.distill_keep]]
-    soft = F.softmax(predict_logits(f0, images[idx]) / cfg.distill_temperature, 1)
+    logits = predict_logits(f0, images[idx])
+    if cfg.distill_ignore_suspect:
+        logits[:, suspect] = float("-inf")
+    soft = F.softmax(logits / cfg.distill_temperature, 1)
+    if cfg.distill_ignore_suspect:
+        soft[:, suspect] = float("nan")
     return idx, torch.cat([soft, soft.new_full((len(idx), 1), cfg.distill_temperature)], 1)
 
 
@@ -416,6 +427,11 @@ class Burn(Defense):
     # docs/findings.md, "Nor by distillation".
     distill_keep: int = field(default=0, metadata={**OMIT_AT_DEFAULT, **NONNEG})
     distill_temperature: float = field(default=4.0, metadata={**OMIT_AT_DEFAULT, **POSITIVE})
+    # Probe of the mechanism (not a proposed setting): K's targets and the model's outputs on K
+    # both leave the suspect class out, so K teaches nothing about that class, for or against.
+    # It tests whether the backdoor that returns under K is taught through the class's share of
+    # the frozen model's soft outputs (docs/findings.md, "The whole schedule with distillation").
+    distill_ignore_suspect: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
     seed: int = 0
 
     name = "burn"
