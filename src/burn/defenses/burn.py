@@ -266,19 +266,9 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
     flip: whether fine-tuning flips images (the dataset's training augmentation).
     """
     n = len(labels)
-    assert images.shape[0] == n and norms.shape == (n,) and adv_labels.shape == (n,), \
-        (images.shape, labels.shape, norms.shape, adv_labels.shape)
-    if cfg.divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {cfg.divergence!r}; choose one of {DIVERGENCES}")
-    if cfg.selection not in SELECTIONS:
-        raise ValueError(f"unknown selection {cfg.selection!r}; choose one of {SELECTIONS}")
+    _check_inputs(cfg, images, labels, norms, adv_labels)
     t_start = time.perf_counter()
-    f0 = copy.deepcopy(model).eval()
-    for p in f0.parameters():
-        p.requires_grad_(False)
-    ft = copy.deepcopy(model)
-    for p in ft.parameters():
-        p.requires_grad_(True)
+    f0, ft = _frozen_and_student(model)
     labels, adv_labels, norms = labels.long(), adv_labels.long(), norms.float()
     bd = _normalize(norms)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -290,11 +280,7 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
         return ft.eval(), BurnReport(config=asdict(cfg), before=before, iterations=[],
                                      wall_s=time.perf_counter() - t_start, deepfool={},
                                      suspect_class=None, spread_gap=gap, coverage=coverage)
-    # candidates for P_t: everything, or (opt-in) only the suspect class
-    eligible = torch.ones(n, dtype=torch.bool) if suspect is None else labels == suspect
-    # candidates for C_t: everything, or (opt-in) only the other labels
-    c_allowed = ~eligible if cfg.clean_set_outside_suspect and suspect is not None \
-        else torch.ones(n, dtype=torch.bool)
+    pools = _candidates(cfg, labels, suspect)
     keep = distill_keep_set(cfg, f0, images, labels, suspect)
     logits0 = None
     iterations: list[BurnIteration] = []
@@ -302,37 +288,21 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
     for t in bar:
         t0 = time.perf_counter()
         lam, alpha, beta = schedule(cfg, t)
-        n_p = round(alpha * n)
         if t == 0:  # phase 1: distance alone; no clean set unless the opt-in asks for one
-            score = bd
-            n_c = round(beta * n) if cfg.phase1_clean_set else 0
+            score, n_c = bd, (round(beta * n) if cfg.phase1_clean_set else 0)
         else:
-            if logits0 is None:
-                logits0 = predict_logits(f0, images)
+            logits0 = predict_logits(f0, images) if logits0 is None else logits0
             pd = _normalize(prediction_divergence(logits0, predict_logits(ft, images), cfg.divergence))
-            score = (1 - lam) * bd + lam * pd
-            n_c = round(beta * n)
-        if pick is not None:
-            p_idx = torch.randperm(n, generator=pick)[:n_p]
-        else:
-            p_idx = _top_within(score, n_p, eligible, largest=True)
-        c_idx = _top_within(score, n_c, c_allowed, largest=False) if n_c else p_idx.new_zeros(0)
-        if cfg.keep_suspect_class and suspect is not None:
-            c_idx = torch.cat([c_idx, _keep_suspect(score, eligible, p_idx, c_idx)])
-        idx = torch.cat([p_idx, c_idx])
-        y = torch.cat([adv_labels[p_idx], labels[c_idx]])
-        if keep is not None:  # K beside P_t and C_t, on the frozen model's soft outputs
-            k_idx, k_targets = keep
-            idx = torch.cat([idx, k_idx])
-            y = torch.cat([hard_targets(y, k_targets.shape[1] - 1), k_targets])
+            score, n_c = (1 - lam) * bd + lam * pd, round(beta * n)
+        p_idx, c_idx = _pick_sets(cfg, score, round(alpha * n), n_c, pools, pick)
+        idx, y = _fit_set(p_idx, c_idx, adv_labels, labels, keep)
         finetune(ft, images[idx], y, cfg, gen, flip=flip)
         it = BurnIteration(t=t, lam=lam, alpha=alpha, beta=beta, n_poison_set=len(p_idx),
                            n_clean_set=len(c_idx), wall_s=0.0,
                            **_selection_stats(p_idx, c_idx, adv_labels, poison_mask, original_labels,
                                               labels))
-        if evaluate is not None:
-            for k, v in evaluate(ft).items():
-                setattr(it, k, v)
+        for k, v in (evaluate(ft) if evaluate is not None else {}).items():
+            setattr(it, k, v)
         it.wall_s = time.perf_counter() - t0
         iterations.append(it)
         bar.set_postfix({k: f"{getattr(it, k):.3f}" for k in ("acc", "asr", "precision")
@@ -341,6 +311,64 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
                         wall_s=time.perf_counter() - t_start, deepfool={}, suspect_class=suspect,
                         spread_gap=gap, coverage=coverage)
     return ft.eval(), report
+
+
+def _check_inputs(cfg, images: Tensor, labels: Tensor, norms: Tensor, adv_labels: Tensor) -> None:
+    n = len(labels)
+    assert images.shape[0] == n and norms.shape == (n,) and adv_labels.shape == (n,), \
+        (images.shape, labels.shape, norms.shape, adv_labels.shape)
+    if cfg.divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {cfg.divergence!r}; choose one of {DIVERGENCES}")
+    if cfg.selection not in SELECTIONS:
+        raise ValueError(f"unknown selection {cfg.selection!r}; choose one of {SELECTIONS}")
+
+
+def _frozen_and_student(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Two copies of ``model``: f_0, frozen in eval mode, and the one fine-tuned."""
+    f0 = copy.deepcopy(model).eval()
+    for p in f0.parameters():
+        p.requires_grad_(False)
+    ft = copy.deepcopy(model)
+    for p in ft.parameters():
+        p.requires_grad_(True)
+    return f0, ft
+
+
+def _candidates(cfg, labels: Tensor, suspect: int | None) -> tuple[Tensor, Tensor, bool]:
+    """(candidates for P_t, candidates for C_t, whether C_t keeps suspect-class samples):
+    P_t from everything, or under a class selection only the suspect class; C_t from
+    everything, or (opt-in) only the other labels."""
+    n = len(labels)
+    eligible = torch.ones(n, dtype=torch.bool) if suspect is None else labels == suspect
+    c_allowed = ~eligible if cfg.clean_set_outside_suspect and suspect is not None \
+        else torch.ones(n, dtype=torch.bool)
+    return eligible, c_allowed, cfg.keep_suspect_class and suspect is not None
+
+
+def _pick_sets(cfg, score: Tensor, n_p: int, n_c: int, pools, pick) -> tuple[Tensor, Tensor]:
+    """(P_t, C_t): the ``n_p`` highest scores among P_t's candidates (or, for the random
+    control, a draw from ``pick``) and the ``n_c`` lowest among C_t's."""
+    eligible, c_allowed, keep_suspect = pools
+    if pick is not None:
+        p_idx = torch.randperm(len(score), generator=pick)[:n_p]
+    else:
+        p_idx = _top_within(score, n_p, eligible, largest=True)
+    c_idx = _top_within(score, n_c, c_allowed, largest=False) if n_c else p_idx.new_zeros(0)
+    if keep_suspect:
+        c_idx = torch.cat([c_idx, _keep_suspect(score, eligible, p_idx, c_idx)])
+    return p_idx, c_idx
+
+
+def _fit_set(p_idx: Tensor, c_idx: Tensor, adv_labels: Tensor, labels: Tensor, keep):
+    """(indices, targets) of one fine-tuning step: P_t under its adversarial labels, C_t
+    under its given ones, and K (when on) towards the frozen model's soft outputs."""
+    idx = torch.cat([p_idx, c_idx])
+    y = torch.cat([adv_labels[p_idx], labels[c_idx]])
+    if keep is not None:
+        k_idx, k_targets = keep
+        idx = torch.cat([idx, k_idx])
+        y = torch.cat([hard_targets(y, k_targets.shape[1] - 1), k_targets])
+    return idx, y
 
 
 def _suspect(cfg, norms: Tensor, adv_labels: Tensor, labels: Tensor):
