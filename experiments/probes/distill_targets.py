@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from burn.config import load_preset
+from burn.config import artifact_cfg, load_preset
 from burn.defenses.burn import Burn, coverage_class, distill_keep_set
-from burn.experiment import attacked_model
+from burn.experiment import attacked_model, results_dir
 from burn.metrics import predict_logits
 from burn.runtime import Runtime
 
@@ -24,8 +24,9 @@ cfg = Burn(selection="coverage_class", clean_set_outside_suspect=True, distill_k
 print(f"{'attack':10s} suspect  share in K's targets at T=4: attacked / clean model (median)"
       "   rank of the class among the attacked model's outputs (mean)")
 for attack in sys.argv[1:]:
-    run = attacked_model(load_preset("cpu", {"attack": {"name": attack}}), rt)
-    d = np.load(f"results/cpu/cifar10/{attack}/deepfool.npz")
+    cfg_a = artifact_cfg("cpu", "cifar10", attack)  # TrojanNN: the variant trojannn-bb
+    run = attacked_model(cfg_a, rt)
+    d = np.load(results_dir(cfg_a) / "deepfool.npz")
     p = run.poisoned
     labels = p.labels.long()
     c, _, _ = coverage_class(torch.from_numpy(d["adv_labels"]).long(), labels)
