@@ -232,8 +232,6 @@ def distill_keep_set(cfg: Burn, f0: nn.Module, images: Tensor, labels: Tensor,
     ``distill_temperature`` as ``soft_target_loss`` targets; None when off. With
     ``distill_ignore_suspect`` the targets leave the suspect class out (NaN)."""
     if not cfg.distill_keep:
-        if cfg.distill_ignore_suspect:
-            raise ValueError("defenses.burn.distill_ignore_suspect acts on K: set distill_keep too")
         return None
     if suspect is None:
         raise ValueError("defenses.burn.distill_keep needs a class selection (selection="
@@ -321,6 +319,8 @@ def _check_inputs(cfg, images: Tensor, labels: Tensor, norms: Tensor, adv_labels
         raise ValueError(f"unknown divergence {cfg.divergence!r}; choose one of {DIVERGENCES}")
     if cfg.selection not in SELECTIONS:
         raise ValueError(f"unknown selection {cfg.selection!r}; choose one of {SELECTIONS}")
+    if cfg.distill_ignore_suspect and not cfg.distill_keep:
+        raise ValueError("defenses.burn.distill_ignore_suspect acts on K: set distill_keep too")
 
 
 def _frozen_and_student(model: nn.Module) -> tuple[nn.Module, nn.Module]:
