@@ -289,6 +289,7 @@ def test_distill_ignore_suspect_leaves_the_class_out_of_targets_and_outputs():
     """A NaN target entry drops its class from both distributions: the loss equals KL over the
     other classes, its gradient never reaches the ignored logit, and K's targets carry NaN in
     the suspect column only. Without K the option is refused."""
+    from burn.cache import config_hash
     from burn.defenses.burn import distill_keep_set, soft_target_loss
 
     g = torch.Generator().manual_seed(1)
@@ -312,6 +313,4 @@ def test_distill_ignore_suspect_leaves_the_class_out_of_targets_and_outputs():
     with pytest.raises(ValueError, match="set distill_keep"):
         defend(model, images, labels, replace(CFG, distill_ignore_suspect=True), norms=norms,
                adv_labels=adv)
-    from burn.cache import config_hash
-
     assert config_hash(Burn(distill_ignore_suspect=False)) == config_hash(Burn())

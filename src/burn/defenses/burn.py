@@ -292,7 +292,7 @@ def defend(model: nn.Module, images: Tensor, labels: Tensor, cfg: Burn, *,
             logits0 = predict_logits(f0, images) if logits0 is None else logits0
             pd = _normalize(prediction_divergence(logits0, predict_logits(ft, images), cfg.divergence))
             score, n_c = (1 - lam) * bd + lam * pd, round(beta * n)
-        p_idx, c_idx = _pick_sets(cfg, score, round(alpha * n), n_c, pools, pick)
+        p_idx, c_idx = _pick_sets(score, round(alpha * n), n_c, pools, pick)
         idx, y = _fit_set(p_idx, c_idx, adv_labels, labels, keep)
         finetune(ft, images[idx], y, cfg, gen, flip=flip)
         it = BurnIteration(t=t, lam=lam, alpha=alpha, beta=beta, n_poison_set=len(p_idx),
@@ -345,7 +345,7 @@ def _candidates(cfg, labels: Tensor, suspect: int | None) -> tuple[Tensor, Tenso
     return eligible, c_allowed, cfg.keep_suspect_class and suspect is not None
 
 
-def _pick_sets(cfg, score: Tensor, n_p: int, n_c: int, pools, pick) -> tuple[Tensor, Tensor]:
+def _pick_sets(score: Tensor, n_p: int, n_c: int, pools, pick) -> tuple[Tensor, Tensor]:
     """(P_t, C_t): the ``n_p`` highest scores among P_t's candidates (or, for the random
     control, a draw from ``pick``) and the ``n_c`` lowest among C_t's."""
     eligible, c_allowed, keep_suspect = pools
