@@ -119,7 +119,8 @@ def attack_resources(cfg: ExperimentCfg, runtime: Runtime, attack: Attack, train
     from .resources import resource_stage
 
     rebuild = f"burn attack --attack {cfg.attack.name} --preset {cfg.preset}"
-    return {name: resource_stage(res, train, test, data=cfg.data, seed=cfg.train.seed,
+    seed = cfg.train.seed if attack.resource_seed is None else attack.resource_seed
+    return {name: resource_stage(res, train, test, data=cfg.data, seed=seed,
                                  folder=resources_dir(cfg, runtime.results_root),
                                  runtime=runtime, rebuild=rebuild)
             for name, res in attack.resources().items()}

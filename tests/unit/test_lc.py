@@ -155,3 +155,12 @@ def test_pgd_images_are_stored_beside_the_robust_model_and_read_back(smoke_lc, m
     npz.write_bytes(b"garbage")
     with pytest.raises(DamagedFileError, match="lc_pgd-.*craft the PGD images again"):
         attacked_model(cfg, runtime)
+
+
+def test_another_victim_seed_is_built_with_the_seed_0_robust_model(smoke_lc, monkeypatch):
+    """The robust model is the attacker's tool: a victim seed changes the poisoned model, not it."""
+    cfg, runtime, run = smoke_lc
+    monkeypatch.setattr(RobustModel, "train", lambda *a, **k: pytest.fail("trained again"))
+    other = attacked_model(load_preset("smoke", {"attack": {"name": "lc"}, "seed": 3}), runtime)
+    assert other.attack.key_parts() == run.attack.key_parts() and other.key != run.key
+    assert len(list(resources_dir(cfg, runtime.results_root).glob("robust_model-*.pt"))) == 1

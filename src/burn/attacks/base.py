@@ -97,6 +97,11 @@ class Attack:
         ``load_state_dict()``, ``fitted()`` -> the trained attack)."""
         raise NotImplementedError(f"{type(self).__name__} trains like any other attack")
 
+    # The seed its resources are trained with (``resources``): ``None`` follows the victim's
+    # training seed; LC and SSBA fix it (a field, 0), since the robust model and the encoder
+    # are the attacker's tools, not the victim's randomness.
+    resource_seed = None
+
     def resources(self) -> dict:
         """Networks the attack is built with (``burn.resources.Resource`` by name: LC's robust
         model, SSBA's encoder), trained once as committed stages and passed to ``fit`` as

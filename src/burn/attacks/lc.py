@@ -51,6 +51,8 @@ class LabelConsistent(Attack):
     robust_width: int = 64
     robust_epochs: int = 15
     batch_size: int = 250  # of the PGD crafting; enters no key
+    # the seed of the network it is built with, whatever the victim's training seed
+    resource_seed: int = 0
     # set by fit(): target-class training indices and their PGD images (uint8), and a summary
     adv_index: Tensor | None = field(default=None, repr=False, compare=False)
     adv_images: Tensor | None = field(default=None, repr=False, compare=False)

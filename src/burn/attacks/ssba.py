@@ -49,6 +49,8 @@ class SSBA(Attack):
     l2_ramp: int = StegaStampCfg.l2_ramp
     init: str = StegaStampCfg.init
     secret_seed: int = 0
+    # the seed of the network it is built with, whatever the victim's training seed
+    resource_seed: int = 0
     # An encoder whose decoder reads fewer bits was never asked to keep the image (the L2 loss
     # switches on at 0.9, BackdoorBench's threshold): fit refuses it.
     min_bit_accuracy: float = 0.9
