@@ -226,43 +226,105 @@ def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figur
     return fig
 
 
+def _sig6(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to 6 significant digits: the last bits of a logarithm differ between CPUs
+    (numpy's SIMD paths), and rounded numbers make the same figure, byte for byte, everywhere."""
+    return np.array([float(f"{v:.6g}") for v in np.asarray(x, dtype=float)])
+
+
+def grid_step(values: np.ndarray) -> float | None:
+    """The step ``g`` when the positive ``values`` all lie on the grid ``k * g`` (distances
+    stored rounded to a fixed decimal, or a method that moves in fixed steps); None when they
+    lie on no such grid (float32 distances do not: their spacing is relative, about 1e-7 of the
+    value)."""
+    u = np.unique(values[values > 0])
+    if len(u) < 3:
+        return None
+    g = float(np.diff(u).min())
+    k = u / g
+    return g if bool(np.all(np.abs(k - np.round(k)) < 1e-3)) else None
+
+
 def log_bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
-    """``bins + 1`` log-spaced edges over the positive ``values``, rounded to 6 significant
-    digits: the last bits of a logarithm differ between CPUs (numpy's SIMD paths), and
-    rounded edges make the same figure, byte for byte, on every machine."""
+    """About ``bins + 1`` log-spaced edges over the positive ``values``, rounded (``_sig6``).
+
+    If the values lie on a grid (``grid_step``), a log bin near the small end can be narrower
+    than one grid step and hold no representable value, and its neighbours one or two: empty
+    bins between spikes that a reader takes for data. So each edge moves to the midpoint between
+    two grid values and bins that would hold no grid value merge with the next one: every bin
+    then holds a whole number (>= 1) of representable values, and dividing its count by its
+    width cannot alias."""
     v = values[values > 0]
     lo, hi = np.floor(np.log10(v.min()) * 20) / 20, np.ceil(np.log10(v.max()) * 20) / 20
     hi = max(hi, lo + 0.05)
     edges = np.power(10.0, lo + (hi - lo) * np.arange(bins + 1) / bins)
-    return np.array([float(f"{e:.6g}") for e in edges])
+    g = grid_step(v)
+    if g is not None:
+        # the midpoint at or below each edge, at or above the last one: (k + 0.5) * g
+        k = np.floor(edges / g - 0.5)
+        k[-1] = np.ceil(edges[-1] / g - 0.5)
+        edges = np.unique((k + 0.5) * g)
+    return _sig6(edges)
+
+
+def log_density(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Histogram of ``values`` as a density per decade (area 1 on a log axis), rounded.
+
+    Not per unit of distance: on log-spaced bins that divides by a width that shrinks tenfold
+    per decade, so the bins near 1e-4 (2e-5 wide) turn one sample in 5,000 into a spike ten
+    times the bulk's peak, with empty bins between the few samples there: what Fig. 5 showed
+    before. (The committed float32 distances lie on no grid: below 1e-3 every one is distinct,
+    e.g. BadNets' 164 of 164; DeepFool's step_eps only puts a floor near 1e-4.)"""
+    counts, _ = np.histogram(values, bins=edges)
+    decades = _sig6(np.log10(edges[1:] / edges[:-1]))
+    return np.round(counts / (max(counts.sum(), 1) * decades), 6)
+
+
+def _fig5_grid(n: int):
+    """A figure of ``n`` histogram panels and one ROC panel, four to a row."""
+    ncols = min(4, n + 1)
+    nrows = -(-(n + 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.5 * nrows), squeeze=False)
+    cells = list(axes.flat)
+    for ax in cells[n + 1:]:
+        fig.delaxes(ax)
+    return fig, axes, cells[:n], cells[n]
 
 
 def fig5_figure(dist: pd.DataFrame, roc: pd.DataFrame, summary: pd.DataFrame, dataset: str) -> plt.Figure:
-    """Fig. 5: distance distributions of clean vs poisoned samples and the ROC of the distance
-    as a poison detector, per attack."""
+    """Fig. 5: distance distributions of clean vs poisoned samples (density per decade on a
+    log axis, the same bins in every panel, dashed lines at the medians) and the ROC of the
+    distance as a poison detector, per attack; four panels a row."""
     set_style()
     attacks = list(dict.fromkeys(summary["attack"]))
-    fig, axes = plt.subplots(1, len(attacks) + 1, figsize=(4.2 * (len(attacks) + 1), 3.5), squeeze=False)
-    for ax, a in zip(axes[0], attacks):
+    fig, axes, panels, ax_roc = _fig5_grid(len(attacks))
+    edges = log_bin_edges(dist["distance"].to_numpy(), 48)
+    colours = {"clean": "tab:blue", "poisoned": "tab:orange"}
+    auroc = dict(zip(summary["attack"], summary["auroc"]))
+    for i, (ax, a) in enumerate(zip(panels, attacks)):
         d = dist[dist["attack"] == a]
-        edges = log_bin_edges(d["distance"].to_numpy(), 60)
-        for color, (group, g) in zip(("tab:blue", "tab:orange"), d.groupby("group", sort=True)):
-            counts, _ = np.histogram(g["distance"].to_numpy(), bins=edges)
-            density = np.round(counts / (counts.sum() * np.diff(edges)), 6)
-            ax.stairs(density, edges, label=f"{group} ({len(g):,})", color=color, lw=1.2)
+        for group, g in d.groupby("group", sort=True):
+            colour, density = colours.get(group, "tab:green"), log_density(g["distance"].to_numpy(), edges)
+            ax.stairs(density, edges, fill=True, color=colour, alpha=0.25, lw=0)
+            ax.stairs(density, edges, color=colour, lw=1.2, label=f"{group} ({len(g):,})")
+            ax.axvline(float(np.median(g["distance"])), color=colour, ls="--", lw=1)
         ax.set_xscale("log")
-        ax.legend(fontsize=8, title="sample")
-        ax.set(title=f"{_attack_label(a)} {_paren(dataset)}", xlabel="DeepFool L2 distance (log scale)",
-               ylabel="density")
-    ax = axes[0][-1]
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_title(f"{_attack_label(a)}: AUROC {float(auroc[a]):.2f}", fontsize=10)
+        ax.set_xlabel("DeepFool L2 distance" if i + axes.shape[1] >= len(attacks) else "")
+        ax.set_ylabel("density per decade" if i % axes.shape[1] == 0 else "")
+        if i == 0:
+            handles, labels = ax.get_legend_handles_labels()
+            handles.append(plt.Line2D([], [], color="grey", ls="--", lw=1))
+            ax.legend(handles, labels + ["median"], fontsize=8, loc="upper left", frameon=False)
     for a in attacks:
         r = roc[roc["attack"] == a]
-        au = float(summary.loc[summary["attack"] == a, "auroc"].iloc[0])
-        ax.plot(r["fpr"], r["tpr"], label=f"{_attack_label(a)} (AUROC {au:.2f})")
-    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
-    ax.set(xlabel="false positive rate (clean flagged)", ylabel="true positive rate (poison found)",
-           title="Distance as a poison detector")
-    ax.legend(fontsize=8)
+        ax_roc.plot(r["fpr"], r["tpr"], lw=1.2, label=_attack_label(a))
+    ax_roc.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax_roc.set_title("ROC: distance flags poison", fontsize=10)
+    ax_roc.legend(fontsize=7.5, loc="lower right", handlelength=1.2, framealpha=0.9)
+    fig.suptitle(f"Boundary distance of clean vs poisoned training samples {_paren(dataset)}", fontsize=11)
     fig.tight_layout()
     return fig
 
