@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .atomic import NotWritableError, write_if_changed
+from .atomic import NotWritableError
 from .attacks import ATTACKS
 from .cache import DamagedFileError
 from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset, moved
@@ -227,15 +227,10 @@ def cmd_regime(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import README, README_PRESET, fill_blocks, paper_vs_ours, readme_blocks
+    from .report import write_pages
 
-    text = paper_vs_ours(args.preset, args.dataset, results_root=args.results_root)
-    root = Path(args.results_root) if args.results_root else PROJECT_ROOT / "results"
-    out = root / args.preset / "paper_vs_ours.md"
-    print(f"{'wrote' if write_if_changed(out, text + chr(10)) else 'unchanged:'} {out}")
-    if args.preset == README_PRESET and args.results_root is None and args.dataset == "cifar10":
-        readme = fill_blocks(README.read_text(), readme_blocks(args.preset, args.dataset))
-        print(f"{'wrote' if write_if_changed(README, readme) else 'unchanged:'} {README}'s results tables")
+    for line in write_pages(args.preset, args.dataset, results_root=args.results_root):
+        print(line)
     return 0
 
 

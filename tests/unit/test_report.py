@@ -34,9 +34,9 @@ def test_a_missing_block_is_an_error_not_a_skip():
     assert out == "a\n<!-- report:claims -->\nnew\n<!-- /report:claims -->\nb"
 
 
-def test_seed_intervals_from_records_under_seeds(tmp_path):
+def test_seed_summaries_from_records_under_seeds(tmp_path):
     from burn.cache import write_json
-    from burn.report import _burn_over_seeds, seed_groups, seed_intervals, seed_table
+    from burn.report import seed_groups, seed_summaries, seed_table
 
     run = tmp_path / "lf"
     for seed, (acc, asr) in {0: (0.77, 0.05), 1: (0.75, 0.20), 2: (0.79, 0.02)}.items():
@@ -46,17 +46,27 @@ def test_seed_intervals_from_records_under_seeds(tmp_path):
                                      "deepfool": {"auroc": 0.8, "top0.5pct_precision": 0.7}})
     write_json(tmp_path / "badnets" / "none.json", {"acc": 0.8, "asr": 0.9})  # one seed: no group
     assert list(seed_groups(tmp_path)) == ["preset"]
-    df = seed_intervals(seed_table(seed_groups(tmp_path)["preset"]))
+    df = seed_summaries(seed_table(seed_groups(tmp_path)["preset"]))
     asr = df[(df.attack == "lf") & (df.measure == "Burn, paper's ranking: ASR")].iloc[0]
-    assert asr.n == 3 and asr.seeds == "0 1 2" and asr.removed == "2 of 3"
-    assert asr["mean"] == pytest.approx(0.09)
-    # t(0.975, 2) = 4.303; sd of (0.05, 0.20, 0.02) = 0.0964
-    assert asr.ci95_half == pytest.approx(4.303 * 0.09644 / 3 ** 0.5, rel=1e-3)
+    assert asr.n == 3 and asr.seeds == "0 1 2" and asr["values"] == "0.050, 0.200, 0.020"
+    assert asr.median_range == "0.050 [0.020, 0.200]"
+    assert asr.removed == "2 of 3 seeds (rate 0.09-0.99, exact 95%)"
     top = df[(df.attack == "lf") & (df.measure == "top-0.5% precision")].iloc[0]
-    assert top.n == 3 and top["mean"] == pytest.approx(0.7)  # a field name with a dot
-    # the README's claims row
-    assert _burn_over_seeds(run) == "0.090 ± 0.240 (2 of 3)"
-    assert _burn_over_seeds(tmp_path / "badnets") == "1 seed"
+    assert top.n == 3 and top.median_range == "0.700 [0.700, 0.700]"  # a field name with a dot
+    assert top.removed == ""
+
+
+def test_the_seeds_table_counts_each_run_and_the_held_out_seeds_apart():
+    import pandas as pd
+
+    from burn.report import _seeds_cell
+
+    df = pd.DataFrame({"attack": "lf", "defense": ["none"] * 5 + ["burn"] * 5, "seed": [0, 1, 2, 3, 4] * 2,
+                       "acc": 0.8, "asr": [0.9] * 5 + [0.05, 0.2, 0.02, 0.5, 0.01]})
+    assert _seeds_cell(df, "lf", "burn") == ("**3 of 5** (0.15-0.95): 0.050, 0.200, 0.020, 0.500, 0.010; "
+                                             "median 0.050 [0.010, 0.500]")
+    assert _seeds_cell(df, "lf", "burn", (3, 4)) == "**1 of 2**: 0.500, 0.010; median 0.255 [0.010, 0.500]"
+    assert _seeds_cell(df, "lf", "burn:other") == "not run"
 
 
 def test_every_burn_run_of_the_readme_is_a_run_the_preset_names():
