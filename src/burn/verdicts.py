@@ -279,15 +279,17 @@ def marker(v: Verdict) -> str:
     return f"<!-- verdict {v.claim}: {v.verdict} -->"
 
 
-def verdict_markdown(v: Verdict, link_prefix: str = "") -> str:
+def verdict_markdown(v: Verdict, link_prefix: str = "", *, mechanism: bool = True) -> str:
     """A claim's closing section: the paper, ours at seed 0 and over seeds, the verdict and its
-    mechanism (``link_prefix``: the way from the page to the repository root)."""
+    mechanism (``link_prefix``: the way from the page to the repository root; without
+    ``mechanism`` for the findings page, whose prose follows the block)."""
+    why = f" {v.mechanism} ([findings]({link_prefix}{v.link}))" if mechanism else ""
     return "\n".join([
         f"### Paper vs ours: {v.verdict.upper()} {marker(v)}", "",
         f"- **Claim** ({v.title}): {v.paper}",
         f"- **Ours, seed 0:** {v.ours}.",
         f"- **Over seeds:** {v.seeds}.",
-        f"- **Verdict: {v.verdict}.** {v.mechanism} ([findings]({link_prefix}{v.link}))"])
+        f"- **Verdict: {v.verdict}.**{why}"])
 
 
 def verdicts_table(vs: list[Verdict], link_prefix: str = "") -> str:

@@ -442,7 +442,7 @@ class Burn(Defense):
     # Opt-in (not the paper): phase 1 also fine-tunes on the bottom beta_0 of D by distance with
     # their given labels, as phase 2 does; the spec's phase 1 trains on P_0 alone. Measured with
     # the suspect-class selection it raises ACC after phase 1 (BadNets 0.702 -> 0.769) but not
-    # the final ACC (0.742 against 0.739); see docs/findings.md.
+    # the final ACC (0.742 against 0.739); see docs/findings/cpu-w16.md.
     phase1_clean_set: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
     # lambda_t rises linearly from 0 to lambda_end at t = T. The paper's 1.0 makes the last
     # iteration rank by prediction divergence alone; 0.5 keeps half the distance term there.
@@ -452,13 +452,13 @@ class Burn(Defense):
     # predictions at ``distill_temperature`` (knowledge distillation): their soft outputs hold
     # what the model knows of the suspect class (a ship's small airplane probability), which
     # the class's own samples, relabeled or poisoned, cannot give back. Phase 1 alone with it:
-    # docs/findings.md, "Nor by distillation".
+    # docs/findings/clean-positives.md, "Nor by distillation".
     distill_keep: int = field(default=0, metadata={**OMIT_AT_DEFAULT, **NONNEG})
     distill_temperature: float = field(default=4.0, metadata={**OMIT_AT_DEFAULT, **POSITIVE})
     # Probe of the mechanism (not a proposed setting): K's targets and the model's outputs on K
     # both leave the suspect class out, so K teaches nothing about that class, for or against.
     # It tests whether the backdoor that returns under K is taught through the class's share of
-    # the frozen model's soft outputs (docs/findings.md, "The whole schedule with distillation").
+    # the frozen model's soft outputs (docs/findings/clean-positives.md, "The whole schedule with distillation").
     distill_ignore_suspect: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
     seed: int = 0
 
