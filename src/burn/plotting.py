@@ -210,13 +210,16 @@ def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figur
                        edgecolors="white", linewidths=0.5, zorder=3)
             ax.scatter(others["asr"], others["acc"], s=16, color=colour, marker=marker,
                        alpha=0.6, linewidths=0, zorder=2)
+            _seed_cross(ax, rows, colour)
         ax.set(xlim=(-0.04, 1.04), xlabel="ASR (lower is better)", ylabel="clean ACC",
-               title=f"{_attack_label(a)} {_paren(dataset)}")
+               title=f"{_attack_label(a)} {_paren(dataset)}{_removed_note(df, a)}")
     handles = [plt.Line2D([], [], ls="", marker=m, ms=7, color=c) for c, m in marks.values()]
     labels = [_defense_label(n) for n in marks]
-    if (~seed0).any():  # the small points
+    if (~seed0).any():  # the small points, and the median with the range over seeds
         handles.append(plt.Line2D([], [], ls="", marker="o", ms=3.5, color="grey", alpha=0.6))
         labels.append("other seeds (small)")
+        handles.append(plt.Line2D([], [], color="grey", lw=0.8, marker="+", ms=7))
+        labels.append("median and range over seeds")
     key.axis("off")
     key.legend(handles, labels, fontsize=7.5, loc="upper left", frameon=False)
     if missing:
@@ -224,6 +227,26 @@ def fig4_figure(df: pd.DataFrame, missing: list[str], dataset: str) -> plt.Figur
         fig.text(0.01, -0.02, f"not run yet (no results): {shown}", fontsize=7, va="top", wrap=True)
     fig.tight_layout()
     return fig
+
+
+def _seed_cross(ax, rows: pd.DataFrame, colour) -> None:
+    """A run's median ASR and ACC over its seeds, with the range of each as thin lines (two or
+    more seeds)."""
+    if len(rows) < 2:
+        return
+    asr, acc = rows["asr"], rows["acc"]
+    ax.plot([asr.min(), asr.max()], [acc.median()] * 2, color=colour, lw=0.8, alpha=0.8, zorder=1)
+    ax.plot([asr.median()] * 2, [acc.min(), acc.max()], color=colour, lw=0.8, alpha=0.8, zorder=1)
+    ax.scatter([asr.median()], [acc.median()], s=40, color=colour, marker="+", linewidths=1.0, zorder=2)
+
+
+def _removed_note(df: pd.DataFrame, attack: str) -> str:
+    """``\nBurn removed 2 of 3 seeds`` under a panel's title where Burn ran on several seeds."""
+    from .overseeds import over_seeds
+
+    rows = df[(df["attack"] == attack) & (df["defense"] == "burn")]
+    s = over_seeds(zip(rows.get("seed", pd.Series(0, index=rows.index)), rows["asr"]))
+    return f"\nBurn removed {s.count()} of {s.n} seeds" if s.n > 1 else ""
 
 
 def _sig6(x: np.ndarray) -> np.ndarray:

@@ -249,7 +249,10 @@ def test_fig4_names_the_other_seeds_points_in_its_legend():
     assert "other seeds (small)" not in legend(df[df["seed"] == 0])
     # a dataset label with its own parentheses is not nested in the title's
     title = fig4_figure(df, [], "CIFAR-10 (JPEG copy)").axes[0].get_title()
-    assert title.endswith("(CIFAR-10, JPEG copy)") and "((" not in title and "))" not in title
+    first, removed = title.split("\n")
+    assert first.endswith("(CIFAR-10, JPEG copy)") and "((" not in title and "))" not in title
+    assert removed == "Burn removed 1 of 3 seeds" and "median and range over seeds" in legend(df)
+    assert "\n" not in fig4_figure(df[df["seed"] == 0], [], "tiny").axes[0].get_title()
 
 
 def test_fig4_marks_keep_a_methods_colour_and_tell_every_run_apart():
