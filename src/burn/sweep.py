@@ -10,7 +10,8 @@ not stored; the record lock of ``burn.lock`` keeps two jobs from writing one fil
 
 Executors: ``local`` (subprocesses on this machine, at most cores / threads at once, each
 defense once its model job succeeded), ``slurm`` (one job array for the model jobs and one per
-defense stage, each ``afterok`` on the model jobs it needs; the command returns once submitted)
+defense stage whose task i waits for model task i only, ``aftercorr``, so a failed model holds
+back its own defenses alone; the command returns once submitted)
 and ``debug`` (in this process, one job after the other, with the traceback). What was
 submitted is kept in ``<log-dir>/jobs.json``: the next sweep lists the failed jobs with their
 logs and submits them again, and leaves jobs alone that Slurm still runs or holds.
@@ -160,6 +161,17 @@ def _defense_entry(raw) -> DefenseEntry:
     return entry
 
 
+def _listed(raw: dict, key: str, where: str, kind) -> list:
+    """``raw[key]`` as a list of ``kind`` (a single one is a list of one); a wrong type raises
+    a ConfigError that names the key and what it takes."""
+    value = raw[key]
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, kind) and not isinstance(v, bool) for v in items):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise ConfigError(f"{where}: `{key}` is a list of {names}, got {value!r}")
+    return items
+
+
 def _grid(raw: dict, where: str) -> Grid:
     unknown = sorted(set(raw) - set(GRID_KEYS))
     if unknown:
@@ -167,15 +179,19 @@ def _grid(raw: dict, where: str) -> Grid:
     missing = [k for k in ("preset", "attacks", "defenses") if k not in raw]
     if missing:
         raise ConfigError(f"{where} lacks {missing}")
-    attacks = [a for a in ATTACKS if a != "clean"] if raw["attacks"] == "all" else list(raw["attacks"])
+    for key in ("preset", "variant"):
+        if not isinstance(raw.get(key) or "", str):
+            raise ConfigError(f"{where}: `{key}` is a name, got {raw[key]!r}")
+    attacks = ([a for a in ATTACKS if a != "clean"] if raw["attacks"] == "all"
+               else _listed(raw, "attacks", where, str))
     bad = sorted(set(attacks) - set(ATTACKS))
     if bad:
         raise ConfigError(f"{where}: unknown attack(s) {bad}; choose from {sorted(ATTACKS)} or `all`")
-    seeds = raw.get("seeds", [0])
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+    seeds = _listed({"seeds": 0, **raw}, "seeds", where, int)
+    if not all(s >= 0 for s in seeds):
         raise ConfigError(f"{where}: seeds must be integers >= 0, got {seeds}")
-    defenses = list(DEFENSES) if raw["defenses"] == "all" else raw["defenses"]
+    defenses = (list(DEFENSES) if raw["defenses"] == "all"
+                else _listed(raw, "defenses", where, (str, dict)))
     entries = tuple(_defense_entry(d) for d in defenses)
     stages = [e.stage for e in entries]
     if len(set(stages)) < len(stages):
@@ -184,19 +200,41 @@ def _grid(raw: dict, where: str) -> Grid:
                 moved(_nested(raw.get("set"), where)))
 
 
+def _read_spec(path: Path) -> dict:
+    """The YAML mapping of ``path``; bad YAML or another shape raises a one-line ConfigError."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a sweep spec is a mapping (preset: ..., attacks: ..., "
+                          f"defenses: ...), got a {type(raw).__name__}")
+    return raw
+
+
 def load_sweep(path) -> SweepSpec:
-    """The sweep spec of ``path`` (YAML, see the module docstring); unknown keys raise."""
+    """The sweep spec of ``path`` (YAML, see the module docstring); unknown keys and values of
+    the wrong type raise a ConfigError that says what to fix."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(raw) - set(GRID_KEYS) - {"grids", "threads", "slurm"})
+    raw = _read_spec(path)
+    allowed = GRID_KEYS + ("grids", "threads", "slurm")
+    unknown = sorted(set(raw) - set(allowed))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {path}; allowed: "
-                          f"{sorted(GRID_KEYS + ('grids', 'threads', 'slurm'))}")
+        raise ConfigError(f"unknown key(s) {unknown} in {path}; allowed: {sorted(allowed)}")
     top = {k: raw[k] for k in GRID_KEYS if k in raw}
     grids = raw.get("grids") or [{}]
+    if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
+        raise ConfigError(f"{path}: `grids` is a list of mappings (each with keys of "
+                          f"{sorted(GRID_KEYS)}), got {grids!r}")
     threads = raw.get("threads", 1)
-    if not isinstance(threads, int) or threads < 1:
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ConfigError(f"{path}: threads must be a positive integer, got {threads!r}")
+    if not isinstance(raw.get("slurm") or {}, dict):
+        raise ConfigError(f"{path}: `slurm` is a mapping of sbatch settings "
+                          f"({[f.name for f in dataclasses.fields(SlurmCfg)]}), got {raw['slurm']!r}")
     return SweepSpec(path.stem, tuple(_grid({**top, **g}, f"{path.name} grid {i}")
                                       for i, g in enumerate(grids)),
                      threads, from_dict(SlurmCfg, raw.get("slurm"), where="slurm"))
@@ -396,18 +434,18 @@ def summary(sweep: Sweep, executor: str, states: dict[str, str], runtime: Runtim
         lines.append(f"{stage:24} {n:>5} {ok:>7} {n - ok:>7}")
     todo = [j for j in sweep.todo if states.get(j.name) not in IN_FLIGHT]
     inflight = len(sweep.todo) - len(todo)
-    arrays = _arrays(sweep, todo)
     lines.append(f"{'all jobs':24} {len(sweep.jobs):>5} {len(sweep.jobs) - len(sweep.todo):>7} "
                  f"{len(sweep.todo):>7}" + (f" ({inflight} in flight, not submitted again)"
                                             if inflight else ""))
     if executor == "slurm":
+        arrays = slurm_arrays(sweep, todo, states)
         lines.append(f"\nslurm: {len(arrays)} arrays, {len(todo)} tasks (partition "
                      f"{slurm.partition or 'default'}, {slurm.time_min} min, {slurm.gpus} GPU, "
                      f"{slurm.cpus_per_task} CPUs, at most {slurm.array_parallelism} at once each)")
-        models = {j.name: "models" for j in arrays.get("models", [])}
-        for name, jobs in arrays.items():
-            deps = _dependencies(jobs, models, sweep, states)
-            lines.append(f"  {name:22} {len(jobs):>4} tasks" + (f", afterok:{':'.join(deps)}" if deps else ""))
+        lines.append(f"  sbatch {' '.join(sbatch_flags(slurm))}")
+        for a in arrays:
+            lines.append(f"  {a.name:22} {len(a.jobs):>4} tasks"
+                         + (f", {a.after.format(models='models')}" if a.after else ""))
     else:
         lines.append(f"\n{executor}: {len(todo)} jobs, at most {_capacity(executor, runtime)} at "
                      f"once ({runtime.threads} thread{'s' if runtime.threads != 1 else ''} each); "
@@ -415,26 +453,44 @@ def summary(sweep: Sweep, executor: str, states: dict[str, str], runtime: Runtim
     return "\n".join(lines)
 
 
-def _dependencies(jobs: list[Job], models_array: dict[str, str], sweep: Sweep,
-                  states: dict[str, str]) -> list[str]:
-    """The Slurm ids a defense array waits for: the models array of this submission where it
-    holds their model jobs (``models_array``: model job -> array id), and earlier model jobs of
-    theirs still in flight."""
-    jobs = [j for j in jobs if j.defense]
-    return sorted({models_array[j.model_job] for j in jobs if j.model_job in models_array}
-                  | {sweep.submitted[j.model_job]["job_id"] for j in jobs
-                     if states.get(j.model_job) in IN_FLIGHT})
+@dataclass(frozen=True)
+class Array:
+    """One ``sbatch`` of a sweep: ``jobs`` (a job array when more than one) and what its tasks
+    wait for: ``after`` is empty, ``aftercorr:{models}`` (task i after task i of this
+    submission's models array) or ``afterok:<id>`` (the one model job of every task), with
+    ``{models}`` standing for the models array's id until it is submitted."""
+
+    name: str  # "models" or the defense stage
+    jobs: tuple[Job, ...]
+    after: str = ""
 
 
-def _arrays(sweep: Sweep, todo: list[Job]) -> dict[str, list[Job]]:
-    """Array name -> its jobs: ``models``, then one array per defense stage, in the spec's order."""
-    arrays: dict[str, list[Job]] = {"models": []}
-    for j in sweep.jobs:
-        if j.stage != "model":
-            arrays.setdefault(j.stage, [])
-    for j in todo:
-        arrays["models" if j.stage == "model" else j.stage].append(j)
-    return {name: jobs for name, jobs in arrays.items() if jobs}
+def slurm_arrays(sweep: Sweep, todo: list[Job], states: dict[str, str]) -> list[Array]:
+    """The submissions of ``todo``: the models array (the models with the most defense jobs
+    first, so that a defense stage's tasks line up with theirs), then per defense stage, in the
+    spec's order, the tasks whose model is in it (``aftercorr``: a failed model holds back only
+    its own defenses), those whose model an earlier sweep submitted and Slurm still runs
+    (``afterok`` on it), and those whose model is stored (no dependency)."""
+    count = {m.name: sum(j.model_job == m.name for j in todo) for m in todo if m.stage == "model"}
+    models = sorted((j for j in todo if j.stage == "model"), key=lambda m: -count[m.name])
+    index = {m.name: i for i, m in enumerate(models)}
+    task = (lambda i: f"{{models}}_{i}") if len(models) > 1 else (lambda i: "{models}")
+    arrays = [Array("models", tuple(models))] if models else []
+    for stage in dict.fromkeys(j.stage for j in sweep.jobs if j.defense):
+        jobs = [j for j in todo if j.stage == stage]
+        ours = sorted((j for j in jobs if j.model_job in index), key=lambda j: index[j.model_job])
+        if len(ours) > 1 and [index[j.model_job] for j in ours] == list(range(len(ours))):
+            arrays.append(Array(stage, tuple(ours), "aftercorr:{models}"))
+        else:  # one task, or not in line with the models array: one submission per task
+            arrays += [Array(stage, (j,), f"afterok:{task(index[j.model_job])}") for j in ours]
+        earlier: dict[str, list[Job]] = {}
+        for j in jobs:
+            if j.model_job not in index and states.get(j.model_job) in IN_FLIGHT:
+                earlier.setdefault(sweep.submitted[j.model_job]["job_id"], []).append(j)
+        arrays += [Array(stage, tuple(js), f"afterok:{jid}") for jid, js in earlier.items()]
+        free = [j for j in jobs if j.model_job not in index and states.get(j.model_job) not in IN_FLIGHT]
+        arrays += [Array(stage, tuple(free))] if free else []
+    return arrays
 
 
 def _capacity(executor: str, runtime: Runtime) -> int:
@@ -450,23 +506,26 @@ def _save_state(sweep: Sweep) -> None:
 def run_sweep(sweep: Sweep, executor: str, runtime: Runtime, *, slurm: SlurmCfg | None = None,
               say: Callable[[str], None] = print) -> int:
     """Submit the jobs not stored (and not in flight on Slurm): locally or in-process, wait for
-    them; on Slurm, submit the arrays and return. Returns the number of jobs that failed now
-    (0 on Slurm, whose jobs run later)."""
+    them; on Slurm, submit the arrays and return. Returns the number of jobs that failed: here,
+    those that failed now; on Slurm, whose jobs run later, those of earlier submissions that
+    failed (listed with their logs and submitted again)."""
     if executor not in EXECUTORS:
         raise ValueError(f"--executor must be one of {list(EXECUTORS)}, got {executor!r}")
     states = slurm_states(sweep)
-    for job, state, log in failed_before(sweep, states):
+    failed = failed_before(sweep, states)
+    for job, state, log in failed:
         say(f"failed before: {job.name} ({state}); log {log}; submitted again")
+    failed_on_slurm = sum(sweep.submitted[j.name]["executor"] == "slurm" for j, _, _ in failed)
     todo = [j for j in sweep.todo if states.get(j.name) not in IN_FLIGHT]
     if len(todo) < len(sweep.todo):
         say(f"{len(sweep.todo) - len(todo)} jobs still queued or running on Slurm: left alone")
     if not todo:
         say(f"nothing to run: all {len(sweep.jobs)} jobs stored" if not sweep.todo else "nothing to submit")
-        return 0
+        return failed_on_slurm
     sweep.log_dir.mkdir(parents=True, exist_ok=True)
     if executor == "slurm":
         _submit_slurm(sweep, todo, states, runtime, slurm or sweep.spec.slurm, say)
-        return 0
+        return failed_on_slurm
     return _run_here(sweep, todo, executor, runtime, say)
 
 
@@ -549,34 +608,51 @@ def _finish(sweep: Sweep, name: str, sj, say) -> str:
     return state
 
 
+def _slurm_params(slurm: SlurmCfg) -> dict:
+    """The SlurmExecutor parameters (sbatch options) of every array of a sweep."""
+    return {"time": slurm.time_min, "cpus_per_task": slurm.cpus_per_task,
+            "array_parallelism": slurm.array_parallelism, "setup": list(slurm.setup),
+            **({"partition": slurm.partition} if slurm.partition else {}),
+            **({"gpus_per_node": slurm.gpus} if slurm.gpus else {}),
+            **({"mem": f"{slurm.mem_gb}GB"} if slurm.mem_gb else {}),
+            **({"account": slurm.account} if slurm.account else {}),
+            **({"qos": slurm.qos} if slurm.qos else {})}
+
+
+def sbatch_flags(slurm: SlurmCfg) -> list[str]:
+    """The resource options of ``slurm`` as submitit writes them into every array's sbatch
+    script (``--gpus-per-node=1``, ...); the per-array ones (``--array``, ``--dependency``,
+    ``--job-name``, the logs) are left out."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    params = {k: v for k, v in _slurm_params(slurm).items() if k not in ("setup", "array_parallelism")}
+    text = _make_sbatch_string(command="", folder="/", **params)
+    skip = ("--output", "--error", "--open-mode", "--job-name", "--wckey", "--signal")
+    return [line.removeprefix("#SBATCH ") for line in text.splitlines()
+            if line.startswith("#SBATCH ") and not line.removeprefix("#SBATCH ").startswith(skip)]
+
+
 def _submit_slurm(sweep: Sweep, todo: list[Job], states: dict[str, str], runtime: Runtime,
                   slurm: SlurmCfg, say) -> None:
-    """One array for the model jobs, then one per defense stage, ``afterok`` on the model
-    jobs it needs (this submission's models array and earlier ones still in flight)."""
+    """Submit the arrays of ``slurm_arrays``, the models array first: each defense task waits
+    for its own model job only."""
     import submitit
 
     ex = submitit.SlurmExecutor(folder=sweep.log_dir / "%j")
-    params = {"time": slurm.time_min, "cpus_per_task": slurm.cpus_per_task,
-              "array_parallelism": slurm.array_parallelism, "setup": list(slurm.setup),
-              **({"partition": slurm.partition} if slurm.partition else {}),
-              **({"gpus_per_node": slurm.gpus} if slurm.gpus else {}),
-              **({"mem": slurm.mem_gb} if slurm.mem_gb else {}),
-              **({"account": slurm.account} if slurm.account else {}),
-              **({"qos": slurm.qos} if slurm.qos else {})}
-    array_of: dict[str, str] = {}  # model job -> the Slurm id its defenses wait for
-    for name, jobs in _arrays(sweep, todo).items():
-        deps = _dependencies(jobs, array_of, sweep, states)
-        ex.update_parameters(**params, job_name=f"burn-{sweep.spec.name}-{name}",
-                             dependency=f"afterok:{':'.join(deps)}" if deps else None,
-                             additional_parameters={"kill-on-invalid-dep": "yes"} if deps else None)
+    params = _slurm_params(slurm)
+    models_id = ""
+    for a in slurm_arrays(sweep, todo, states):
+        after = a.after.format(models=models_id)
+        ex.update_parameters(**params, job_name=f"burn-{sweep.spec.name}-{a.name}",
+                             dependency=after or None,
+                             additional_parameters={"kill-on-invalid-dep": "yes"} if after else None)
         with ex.batch():
-            submitted = [ex.submit(run_job, j, runtime) for j in jobs]
+            submitted = [ex.submit(run_job, j, runtime) for j in a.jobs]
         array_id = submitted[0].job_id.split("_")[0]
-        for j, sj in zip(jobs, submitted):
+        models_id = array_id if a.name == "models" else models_id
+        for j, sj in zip(a.jobs, submitted):
             sweep.submitted[j.name] = {"executor": "slurm", "job_id": sj.job_id,
-                                       "log": str(sj.paths.stderr), "array": name}
-            if j.stage == "model":
-                array_of[j.name] = array_id
+                                       "log": str(sj.paths.stderr), "array": a.name}
         _save_state(sweep)
-        say(f"submitted {name}: Slurm job {array_id}, {len(jobs)} tasks"
-            + (f", afterok:{':'.join(deps)}" if deps else "") + f"; logs {sweep.log_dir}/{array_id}_*/")
+        say(f"submitted {a.name}: Slurm job {array_id}, {len(a.jobs)} task{'s' if len(a.jobs) > 1 else ''}"
+            + (f", {after}" if after else "") + f"; logs {sweep.log_dir}/{array_id}_*/")

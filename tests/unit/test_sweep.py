@@ -177,11 +177,11 @@ def test_slurm_arrays_depend_on_the_models_and_failed_tasks_are_resubmitted(tmp_
     spec = _spec(tmp_path)
     slurm = SlurmCfg(partition="gpu", time_min=30, gpus=1, array_parallelism=3)
 
-    def sweep(sacct=""):
+    def sweep(sacct="", failed=0):
         (bin_dir / "sacct_out").write_text(sacct)
         said = []
         s = plan(load_sweep(spec), results_root=tmp_path / "results", log_dir=tmp_path / "logs")
-        assert run_sweep(s, "slurm", Runtime(progress=False), slurm=slurm, say=said.append) == 0
+        assert run_sweep(s, "slurm", Runtime(progress=False), slurm=slurm, say=said.append) == failed
         return said, s
 
     def submitted():
@@ -189,7 +189,8 @@ def test_slurm_arrays_depend_on_the_models_and_failed_tasks_are_resubmitted(tmp_
 
     dry = plan(load_sweep(spec), results_root=tmp_path / "results", log_dir=tmp_path / "logs")
     text = summary(dry, "slurm", {}, Runtime(threads=1), slurm)
-    assert "  models                    4 tasks\n  burn                      4 tasks, afterok:models" in text
+    assert "  models                    4 tasks\n  burn                      4 tasks, aftercorr:models" in text
+    assert "  sbatch --cpus-per-task=8 --gpus-per-node=1 --nodes=1 --partition=gpu --time=30\n" in text
 
     sweep()
     assert submitted() == ["sbatch_100.sh", "sbatch_101.sh", "sbatch_102.sh"]
@@ -200,7 +201,8 @@ def test_slurm_arrays_depend_on_the_models_and_failed_tasks_are_resubmitted(tmp_
     assert "dependency" not in models
     for text, stage in ((burn, "burn"), (fp, "fp")):
         assert f"#SBATCH --job-name=burn-sweep-{stage}" in text and "#SBATCH --array=0-3%3" in text
-        assert "#SBATCH --dependency=afterok:100" in text and "--kill-on-invalid-dep=yes" in text
+        # task i of a defense array waits for model task i only
+        assert "#SBATCH --dependency=aftercorr:100" in text and "--kill-on-invalid-dep=yes" in text
     state = json.loads((tmp_path / "logs" / "jobs.json").read_text())
     assert state["smoke/synthetic/badnets:model"]["job_id"] == "100_0"
     assert state["smoke/synthetic/lf/seeds/1:fp"]["job_id"] == "102_3"
@@ -210,8 +212,10 @@ def test_slurm_arrays_depend_on_the_models_and_failed_tasks_are_resubmitted(tmp_
     assert submitted() == ["sbatch_100.sh", "sbatch_101.sh", "sbatch_102.sh"]
     assert said[-1] == "nothing to submit"
 
-    # model task 0 failed: it alone is listed with its log and resubmitted; its defenses wait
-    said, _ = sweep("100_0|FAILED|n1\n100_[1-3]|RUNNING|n1\n101_[0-3]|PENDING|\n102_[0-3]|PENDING|\n")
+    # model task 0 failed: it alone is listed with its log and resubmitted (the exit status
+    # says so); its defenses wait
+    said, _ = sweep("100_0|FAILED|n1\n100_[1-3]|RUNNING|n1\n101_[0-3]|PENDING|\n102_[0-3]|PENDING|\n",
+                    failed=1)
     log = tmp_path / "logs" / "100_0" / "100_0_0_log.err"
     assert f"failed before: smoke/synthetic/badnets:model (FAILED); log {log}; submitted again" in said
     assert submitted()[-1] == "sbatch_103.sh"
@@ -220,7 +224,7 @@ def test_slurm_arrays_depend_on_the_models_and_failed_tasks_are_resubmitted(tmp_
 
     # its defenses were cancelled (dependency never satisfied): resubmitted after job 103
     said, _ = sweep("100_0|FAILED|\n100_[1-3]|RUNNING|\n103|RUNNING|\n101_0|CANCELLED by 0|\n"
-                    "101_[1-3]|PENDING|\n102_0|CANCELLED by 0|\n102_[1-3]|PENDING|\n")
+                    "101_[1-3]|PENDING|\n102_0|CANCELLED by 0|\n102_[1-3]|PENDING|\n", failed=2)
     assert submitted()[-2:] == ["sbatch_104.sh", "sbatch_105.sh"]
     for n in (104, 105):
         text = (bin_dir / f"sbatch_{n}.sh").read_text()
