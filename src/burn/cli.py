@@ -8,15 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 from .atomic import NotWritableError
 from .attacks import ATTACKS
 from .cache import DamagedFileError
-from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset, moved
+from .config import PROJECT_ROOT, ConfigError, available_presets, load_preset, moved, yaml_value
 from .data import DatasetNotFoundError
 from .defenses import DEFENSES
 from .experiment import ResultsConflictError
+from .notebooks import NOTEBOOKS as NOTEBOOK_NAMES
 from .runtime import COMPILE_MODES, Runtime
 
 EPILOG = """examples:
@@ -50,14 +49,19 @@ def _parse_set(items: list[str]) -> dict:
     """``["train.epochs=3", "attack.params.alpha=0.1"]`` -> nested dict (values parsed as YAML)."""
     out: dict = {}
     for item in items or []:
-        if "=" not in item:
+        path, _, value = item.partition("=")
+        keys = path.strip().split(".")
+        if "=" not in item or not all(keys):
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        path, value = item.split("=", 1)
         node = out
-        keys = path.split(".")
-        for k in keys[:-1]:
+        for i, k in enumerate(keys[:-1]):
             node = node.setdefault(k, {})
-        node[keys[-1]] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: {'.'.join(keys[:i + 1])} is set to a value "
+                                  f"({node!r}) by another --set, so it has no keys")
+        if isinstance(node.get(keys[-1]), dict):
+            raise ConfigError(f"--set {item}: {path} is a section that another --set gives keys")
+        node[keys[-1]] = yaml_value(value, f"the value of --set {item}")
     return out
 
 
@@ -77,10 +81,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     _runtime_args(p)
 
 
+THREADS_HELP = ("CPU threads for torch (default: $OMP_NUM_THREADS if set, else the cores that "
+                "other processes leave free, at least 1: one per core beside a busy process "
+                "thrashes)")
+
+
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     """Options of how a run executes; none of them changes a result's key."""
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--compile", choices=COMPILE_MODES, metavar="MODE",
                    help="train through torch.compile(mode=MODE): default | reduce-overhead "
                         "(CUDA graphs) | max-autotune (default: eager)")
@@ -240,7 +249,8 @@ def cmd_reproduce(args) -> int:
     from .notebooks import NOTEBOOKS, reproduce
 
     t0 = time.perf_counter()
-    rows = reproduce(args.preset, args.only or NOTEBOOKS, progress=not args.quiet)
+    rows = reproduce(args.preset, args.only or NOTEBOOKS, progress=not args.quiet,
+                     threads=args.threads)
     cmd_report(argparse.Namespace(preset=args.preset, dataset=args.dataset, results_root=None))
     changed = [r["notebook"] for r in rows if r["changed"]]
     print(f"reproduce ({args.preset}): {time.perf_counter() - t0:.0f} s in all; executed notebooks "
@@ -369,7 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "(each stage reuses the committed results) and write paper_vs_ours.md")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--dataset", default="cifar10")
-    p.add_argument("--only", action="append", help="run only this notebook (repeatable)")
+    p.add_argument("--only", action="append", choices=NOTEBOOK_NAMES, metavar="NOTEBOOK",
+                   help=f"run only this notebook (repeatable): {' | '.join(NOTEBOOK_NAMES)}")
+    p.add_argument("--threads", type=int, help="CPU threads of each notebook's kernel (default: "
+                   "$OMP_NUM_THREADS if set, else the cores that other processes leave free as "
+                   "the notebook starts, at least 1)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(func=cmd_reproduce)

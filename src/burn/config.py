@@ -254,8 +254,73 @@ def _preset_path(name: str) -> Path:
     return path
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the
+    last, so the first would be silently ignored)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_value(text: str, what: str) -> Any:
+    """``text`` parsed as YAML, or a ConfigError naming ``what`` and where the text is wrong."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{what} is not valid YAML: {where}{problem}") from None
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """The mapping YAML file ``path`` holds (an empty file: ``{}``), or a ConfigError naming
+    ``what``: unreadable as text, not YAML, or another top-level type."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} is not a text file (not UTF-8): {path}") from None
+    raw = yaml_value(text, what)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} must hold a mapping of KEY: VALUE at its top level, "
+                          f"got {type(raw).__name__}: {path}")
+    return raw
+
+
+# A preset's sections besides the config's, each a mapping of names to mappings: the name
+# (dataset, attack, defense) and what a value under it holds.
+EXTRA_SECTIONS = {"dataset_overrides": ("dataset", "overrides of the config's sections"),
+                  "attack_overrides": ("attack", "overrides of the config's sections"),
+                  "artifact_variants": ("attack", "{variant: NAME, ...}"),
+                  "defense_runs": ("defense", "named runs, TAG: {KEY: VALUE}")}
+
+
+def _check_mapping_of_mappings(raw: dict, section: str, where: str) -> None:
+    name, holds = EXTRA_SECTIONS[section]
+    value = raw.get(section)
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError(f"{section} in {where} must map each {name} to {holds}, got {value!r}")
+    for key, inner in value.items():
+        if inner is not None and not isinstance(inner, dict):
+            raise ConfigError(f"{section}.{key} in {where} must be a mapping of {holds}, "
+                              f"got {inner!r}")
+
+
 def _read_preset(path: Path) -> dict:
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml_mapping(path, f"preset {path.name}")
+    for section in EXTRA_SECTIONS:
+        _check_mapping_of_mappings(raw, section, f"preset {path.name}")
     raw.setdefault("preset", path.stem)
     return raw
 
@@ -306,7 +371,9 @@ def _shared_runs() -> dict[str, dict]:
     if not SHARED_RUNS.is_file():  # without it `--tag random` would silently run the defaults
         raise ConfigError(f"{SHARED_RUNS} is missing: it names the runs every preset shares "
                           "(restore it from the repository: git checkout -- experiments/defense_runs.yaml)")
-    return yaml.safe_load(SHARED_RUNS.read_text()) or {}
+    runs = read_yaml_mapping(SHARED_RUNS, f"experiments/{SHARED_RUNS.name}")
+    _check_mapping_of_mappings({"defense_runs": runs}, "defense_runs", f"experiments/{SHARED_RUNS.name}")
+    return runs
 
 
 def _defense_runs(preset: str) -> dict[str, dict]:
@@ -353,18 +420,33 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Experimen
         raise ConfigError(f"{e} (preset {path.name}{' with --set' if overrides else ''})") from None
 
 
-def check_defenses(cfg: ExperimentCfg) -> ExperimentCfg:
-    """``cfg``, once each ``defenses.<name>`` names a defense of the registry and holds only
-    its fields, with values of their types: a typo fails at load, whatever the command."""
-    from .defenses import DEFENSES  # imported here: the defenses import this module
+# The defenses' settings dataclasses by name, as ``burn.defenses`` registers them when it is
+# imported (``register_defenses``). The defenses import this module, so it never imports them:
+# it reads the names registered.
+_DEFENSES: dict[str, type] = {}
 
+
+def register_defenses(classes: dict[str, type]) -> dict[str, type]:
+    """Make the dataclasses of ``classes`` (name -> a defense's settings) the defenses that
+    ``check_defenses`` knows; returns ``classes``, the registry of the layer that owns them."""
+    _DEFENSES.update(classes)
+    return classes
+
+
+def check_defenses(cfg: ExperimentCfg) -> ExperimentCfg:
+    """``cfg``, once each ``defenses.<name>`` names a registered defense and holds only its
+    fields, with values of their types: a typo fails at load, whatever the command. The
+    defenses register when ``burn.defenses`` is imported, which the CLI, the sweeps and the
+    notebooks' ``burn.artifacts`` do first; a process that has not imported it runs no defense
+    yet, and ``burn.defense_stage.make_defense`` checks the section again when it does."""
     for name, settings in cfg.defenses.items():
-        if name not in DEFENSES:
-            raise ConfigError(f"unknown defense defenses.{name}; allowed: {sorted(DEFENSES)}")
+        if _DEFENSES and name not in _DEFENSES:
+            raise ConfigError(f"unknown defense defenses.{name}; allowed: {sorted(_DEFENSES)}")
         if not isinstance(settings, dict):
             raise ConfigError(f"defenses.{name} is a section, not a value: set its keys "
                               f"(defenses.{name}.KEY=VALUE)")
-        from_dict(DEFENSES[name], settings, where=f"defenses.{name}")
+        if name in _DEFENSES:
+            from_dict(_DEFENSES[name], settings, where=f"defenses.{name}")
     return cfg
 
 

@@ -3,10 +3,17 @@
 An executed notebook is written only when its content changed: papermill's timestamps and
 durations are removed first, so rerunning a cached pipeline leaves every executed notebook
 (and ``git status``) as it was, while a changed number or figure shows up as a diff.
+
+Each kernel runs ``threads`` CPU threads (``$OMP_NUM_THREADS``, which torch, MKL and OpenBLAS
+read at start); without ``--threads``, the cores other processes leave free as the notebook
+starts (``burn.runtime.free_cores``): one per core beside a busy process thrashes
+(``burn.runtime``'s docstring).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -46,9 +53,38 @@ def _progress_bar(output: dict) -> bool:
         and text.startswith("\r")
 
 
+@contextlib.contextmanager
+def _environment(**values: str):
+    """``os.environ`` with ``values`` set inside the block (a kernel started there inherits
+    them), as it was after."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def kernel_threads(threads: int | None = None) -> int:
+    """``threads``, checked; None: ``$OMP_NUM_THREADS`` if set, else the cores free now."""
+    from .runtime import env_threads, free_cores
+
+    if threads is None:
+        return env_threads() or free_cores()
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {threads!r}")
+    return threads
+
+
 def run_notebook(name: str, preset: str, *, parameters: dict | None = None,
-                 out_dir: Path | None = None, progress: bool = True) -> bool:
-    """Execute ``notebooks/<name>.ipynb`` for ``preset``; True if the executed copy changed."""
+                 out_dir: Path | None = None, progress: bool = True,
+                 threads: int | None = None) -> bool:
+    """Execute ``notebooks/<name>.ipynb`` for ``preset`` in a kernel of ``threads`` CPU
+    threads (``kernel_threads``); True if the executed copy changed."""
     import nbformat
     import papermill
 
@@ -57,7 +93,9 @@ def run_notebook(name: str, preset: str, *, parameters: dict | None = None,
         raise FileNotFoundError(f"no notebook {src}; the notebooks are {list(NOTEBOOKS)}")
     out = Path(out_dir or PROJECT_ROOT / "notebooks" / "executed" / preset) / f"{name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="burn-nb-") as tmpdir:
+    threads = kernel_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="burn-nb-") as tmpdir, \
+            _environment(OMP_NUM_THREADS=str(threads)):
         tmp = Path(tmpdir) / out.name
         papermill.execute_notebook(str(src), str(tmp), parameters={"preset": preset, **(parameters or {})},
                                    progress_bar=progress, kernel_name="python3", cwd=str(PROJECT_ROOT))
@@ -73,14 +111,22 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(PROJECT_ROOT)) if PROJECT_ROOT in path.parents else str(path)
 
 
-def reproduce(preset: str, names=NOTEBOOKS, *, progress: bool = True) -> list[dict]:
-    """Run ``names`` in order, printing each one's time; returns one row per notebook."""
+def reproduce(preset: str, names=NOTEBOOKS, *, progress: bool = True,
+              threads: int | None = None) -> list[dict]:
+    """Run ``names`` in order, printing each one's time and threads; returns one row per
+    notebook. ``threads``: of every kernel (None: ``$OMP_NUM_THREADS`` if set, else the cores
+    free as each notebook starts)."""
+    from .runtime import usable_cores
+
     rows = []
     for name in names:
+        n = kernel_threads(threads)
         t0 = time.perf_counter()
-        print(f"== {name} ({preset})", flush=True)
-        changed = run_notebook(name, preset, progress=progress)
-        rows.append({"notebook": name, "seconds": round(time.perf_counter() - t0, 1), "changed": changed})
+        print(f"== {name} ({preset}, {n} thread{'s' if n != 1 else ''} of {usable_cores()} cores)",
+              flush=True)
+        changed = run_notebook(name, preset, progress=progress, threads=n)
+        rows.append({"notebook": name, "seconds": round(time.perf_counter() - t0, 1),
+                     "threads": n, "changed": changed})
         print(f"   {name}: {rows[-1]['seconds']:.0f} s, {'changed' if changed else 'unchanged'}", flush=True)
     return rows
 

@@ -3,12 +3,23 @@
 A :class:`Runtime` is passed to every stage beside the science config. None of its fields
 enters a config hash: a run on a GPU and a run on a CPU of the same config share one key and
 one results folder (their numbers agree to float32 rounding; results/README.md).
+
+Threads: torch's default, one per core, thrashes beside any other busy process. Its OpenMP
+threads spin at the barrier that ends each parallel region (libgomp spins about 3 ms before it
+sleeps), and a region ends only when its slowest thread has run; a thread that shares its core
+with another process waits out a scheduler slice, so every small operation costs milliseconds.
+Measured here (2 cores): Fig. 2's notebook takes 12 s alone and over 150 s beside a one-core
+busy loop at two threads, 14 s at one (benchmarks/contention.py). The default is therefore the
+cores other processes leave free (``default_threads``).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import platform
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -33,10 +44,64 @@ def cpu_has_bf16() -> bool | None:
     return any(c() for c in checks) if all(checks) else None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _proc_stat() -> tuple[int, int]:
+    """(busy, all) clock ticks of every core since boot, from the first line of /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+def busy_elsewhere(window: float = 0.3) -> float:
+    """How many cores other processes keep busy: the machine's busy time over ``window``
+    seconds (/proc/stat) less this process's own, in cores; where /proc/stat is missing, the
+    1-minute load average (which lags a change by a minute)."""
+    try:
+        busy0, all0 = _proc_stat()
+        own0, t0 = time.process_time(), time.monotonic()
+        time.sleep(window)
+        busy1, all1 = _proc_stat()
+        own1, t1 = time.process_time(), time.monotonic()
+    except (OSError, ValueError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = os.cpu_count() or 1
+    busy = cores * (busy1 - busy0) / max(all1 - all0, 1)
+    return max(0.0, busy - (own1 - own0) / max(t1 - t0, 1e-9))
+
+
+def free_cores(window: float = 0.3) -> int:
+    """The usable cores that other processes leave idle (``busy_elsewhere`` rounded half up),
+    at least 1."""
+    others = busy_elsewhere(window)
+    return max(1, min(usable_cores(), int((os.cpu_count() or 1) - others + 0.5)))
+
+
+def env_threads() -> int | None:
+    """``$OMP_NUM_THREADS`` where it is a positive integer (torch, MKL and OpenBLAS read it)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def default_threads() -> int:
+    """The thread count of a run without ``--threads``: ``$OMP_NUM_THREADS`` if set, else the
+    cores free when the process first asks (``free_cores``; measured once, 0.3 s)."""
+    return env_threads() or free_cores()
+
+
 @dataclass(frozen=True)
 class Runtime:
     """``device``: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-    ``threads``: CPU threads for torch (None: torch's default, one per core).
+    ``threads``: CPU threads for torch (None: ``default_threads()``, the cores that other
+    processes leave free, or ``$OMP_NUM_THREADS``).
     ``channels_last``: memory layout of the model (None: on for width >= 16, where it is
     1.3-1.9x faster on the CPU; at width 4 it is slower). ``deepfool_batch``: images per
     DeepFool batch (None: 256 on the CPU, 2048 on a GPU). ``compile``: train the attacked
@@ -88,11 +153,15 @@ class Runtime:
         if self.progress:
             print(message, file=sys.stderr, flush=True)
 
+    def cpu_threads(self) -> int:
+        """The threads torch runs on: ``threads``, else ``default_threads()``."""
+        return self.threads or default_threads()
+
     def apply(self) -> "Runtime":
-        """Set torch's thread count and, on a GPU, exact float32 matmuls and convolutions
-        (TF32 off: DeepFool's distances must match a CPU recomputation); process-wide."""
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
+        """Set torch's thread count (``cpu_threads``) and, on a GPU, exact float32 matmuls and
+        convolutions (TF32 off: DeepFool's distances must match a CPU recomputation);
+        process-wide."""
+        torch.set_num_threads(self.cpu_threads())
         if self.torch_device().type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
