@@ -13,6 +13,8 @@ starts (``burn.runtime.free_cores``): one per core beside a busy process thrashe
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
 import time
@@ -42,6 +44,17 @@ def normalize(nb: dict) -> dict:
             cell["id"] = "injected-parameters"
         if "outputs" in cell:
             cell["outputs"] = [o for o in cell["outputs"] if not _progress_bar(o)]
+    return nb
+
+
+def with_cell_ids(nb: dict) -> dict:
+    """``nb`` (a notebook's JSON) where each cell without an ``id`` has one made from its
+    position and source: nbformat would give it a random one, so every run would change the
+    executed notebook."""
+    for i, cell in enumerate(nb.get("cells", [])):
+        if not cell.get("id"):
+            text = "".join(cell.get("source", ""))
+            cell["id"] = hashlib.sha256(f"{i}\n{text}".encode()).hexdigest()[:8]
     return nb
 
 
@@ -96,8 +109,9 @@ def run_notebook(name: str, preset: str, *, parameters: dict | None = None,
     threads = kernel_threads(threads)
     with tempfile.TemporaryDirectory(prefix="burn-nb-") as tmpdir, \
             _environment(OMP_NUM_THREADS=str(threads)):
-        tmp = Path(tmpdir) / out.name
-        papermill.execute_notebook(str(src), str(tmp), parameters={"preset": preset, **(parameters or {})},
+        tmp, source = Path(tmpdir) / out.name, Path(tmpdir) / f"source-{out.name}"
+        source.write_text(json.dumps(with_cell_ids(json.loads(src.read_text())), indent=1))
+        papermill.execute_notebook(str(source), str(tmp), parameters={"preset": preset, **(parameters or {})},
                                    progress_bar=progress, kernel_name="python3", cwd=str(PROJECT_ROOT))
         nb = normalize(nbformat.read(str(tmp), as_version=4))
         # the paths as a reader of the repository sees them (not this machine's, not the temp file)
