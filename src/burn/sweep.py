@@ -444,7 +444,7 @@ def summary(sweep: Sweep, executor: str, states: dict[str, str], runtime: Runtim
                      f"{slurm.cpus_per_task} CPUs, at most {slurm.array_parallelism} at once each)")
         lines.append(f"  sbatch {' '.join(sbatch_flags(slurm))}")
         for a in arrays:
-            lines.append(f"  {a.name:22} {len(a.jobs):>4} tasks"
+            lines.append(f"  {a.name:22} {len(a.jobs):>4} task{'s' if len(a.jobs) > 1 else ''}"
                          + (f", {a.after.format(models='models')}" if a.after else ""))
     else:
         lines.append(f"\n{executor}: {len(todo)} jobs, at most {_capacity(executor, runtime)} at "

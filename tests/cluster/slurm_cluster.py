@@ -204,8 +204,13 @@ class Cluster:
         """``sacct``'s state of each task of ``job_ids`` (array tasks one by one)."""
         out = self.run("sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j",
                        ",".join(sorted({str(j).split("_")[0] for j in job_ids}))).stdout
-        return dict((line.split("|")[0], line.split("|")[1].split()[0])
-                    for line in out.splitlines() if line)
+        states = {}
+        for line in out.splitlines():
+            job, state = line.split("|")[0], line.split("|")[1].split()[0]
+            array, _, tasks = job.partition("_[")  # tasks never started: 12_[0-3,5]
+            for task in _task_ids(tasks.rstrip("]")) if tasks else [None]:
+                states[job if task is None else f"{array}_{task}"] = state
+        return states
 
     # -------------------------------------------------------------------------- the daemons
     def _munge(self) -> None:
@@ -289,6 +294,15 @@ class Cluster:
         for name, proc in reversed(self.procs):
             _end(proc)
         self.procs.clear()
+
+
+def _task_ids(spec: str) -> list[int]:
+    """``0-3,5%2`` -> [0, 1, 2, 3, 5]."""
+    out = []
+    for part in spec.split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        out += range(int(first), int(last or first) + 1)
+    return out
 
 
 def _end(proc: subprocess.Popen) -> None:
