@@ -13,6 +13,7 @@ from . import published
 from .artifacts import DATASET_LABELS, attack_label
 from .config import PROJECT_ROOT
 from .overseeds import MIN_FOR_INTERVAL, REMOVED_AT, binomial_interval, over_seeds
+from .verdicts import record_field, seed_dirs
 
 
 def _fmt(v, spec: str = ".3f") -> str:
@@ -227,17 +228,6 @@ def claims_table(res: Path, attacks: list[str]) -> str:
     return _md([""] + [attack_label(a) for a in attacks], rows)
 
 
-def _artifact_dir(res: Path, attack: str) -> Path:
-    """The folder the tables read ``attack`` from: the preset's own, or the variant its
-    ``artifact_variants`` names (``res`` is ``results/<preset>/<dataset>``)."""
-    from .config import artifact_cfg, available_presets
-    from .experiment import results_dir
-
-    preset = res.parent.name
-    if preset not in available_presets():
-        return res / attack
-    return results_dir(artifact_cfg(preset, res.name, attack), res.parent.parent)
-
 
 def baselines_table(res: Path, attacks: list[str]) -> str:
     """ACC / ASR of every defense's default run per attack, and BackdoorBench's published
@@ -393,21 +383,6 @@ SEED_MEASURES = {
     "AUROC": ("burn", "deepfool.auroc"), "top-0.5% precision": ("burn", "deepfool.top0.5pct_precision"),
 }
 
-def seed_dirs(run_dir: Path) -> dict[int, Path]:
-    """``{seed: folder}`` of a run's seeds that have an attacked model's record."""
-    dirs = {0: run_dir} | {int(p.name): p for p in (run_dir / "seeds").glob("*") if p.name.isdigit()}
-    return {s: d for s, d in sorted(dirs.items()) if (d / "none.json").is_file()}
-
-
-def _field(record: dict, name: str):
-    """``record``'s field ``name``; ``a.b`` reads field ``b`` of ``a`` (``b`` may hold dots,
-    as ``top0.5pct_precision`` does)."""
-    if not isinstance(record, dict):
-        return None
-    if name in record:
-        return record[name]
-    head, _, rest = name.partition(".")
-    return _field(record.get(head), rest) if rest else None
 
 
 def seed_table(run_dirs: dict[str, Path]) -> pd.DataFrame:
@@ -427,7 +402,7 @@ def seed_table(run_dirs: dict[str, Path]) -> pd.DataFrame:
                 f = d / f"{stem}.json"
                 if stem not in records:
                     records[stem] = read_json(f) if f.is_file() else None
-                v = _field(records[stem], name) if records[stem] else None
+                v = record_field(records[stem], name) if records[stem] else None
                 if v is not None:
                     rows.append({"attack": attack, "seed": seed, "measure": measure, "value": float(v)})
     return pd.DataFrame(rows, columns=["attack", "seed", "measure", "value"])

@@ -70,13 +70,41 @@ class Evidence:
     def over_seeds(self, attack: str, stem: str, name: str) -> OverSeeds:
         """Field ``name`` of record ``<stem>.json`` over the attack's seeds."""
         from .cache import read_json
-        from .report import _artifact_dir, _field, seed_dirs
 
         pairs = []
-        for seed, d in seed_dirs(_artifact_dir(self.res, attack)).items():
+        for seed, d in seed_dirs(artifact_dir(self.res, attack)).items():
             f = d / f"{stem}.json"
-            pairs.append((seed, _field(read_json(f), name) if f.is_file() else None))
+            pairs.append((seed, record_field(read_json(f), name) if f.is_file() else None))
         return over_seeds(pairs)
+
+
+def artifact_dir(res: Path, attack: str) -> Path:
+    """The folder the tables read ``attack`` from: the preset's own, or the variant its
+    ``artifact_variants`` names (``res`` is ``results/<preset>/<dataset>``)."""
+    from .config import artifact_cfg, available_presets
+    from .experiment import results_dir
+
+    preset = res.parent.name
+    if preset not in available_presets():
+        return res / attack
+    return results_dir(artifact_cfg(preset, res.name, attack), res.parent.parent)
+
+
+def seed_dirs(run_dir: Path) -> dict[int, Path]:
+    """``{seed: folder}`` of a run's seeds that have an attacked model's record."""
+    dirs = {0: run_dir} | {int(p.name): p for p in (run_dir / "seeds").glob("*") if p.name.isdigit()}
+    return {s: d for s, d in sorted(dirs.items()) if (d / "none.json").is_file()}
+
+
+def record_field(record: dict, name: str):
+    """``record``'s field ``name``; ``a.b`` reads field ``b`` of ``a`` (``b`` may hold dots,
+    as ``top0.5pct_precision`` does)."""
+    if not isinstance(record, dict):
+        return None
+    if name in record:
+        return record[name]
+    head, _, rest = name.partition(".")
+    return record_field(record.get(head), rest) if rest else None
 
 
 CLAIM_RULES: dict[str, Callable[[Evidence], tuple[str, str, str] | None]] = {}
