@@ -110,10 +110,14 @@ def record_field(record: dict, name: str):
 CLAIM_RULES: dict[str, Callable[[Evidence], tuple[str, str, str] | None]] = {}
 
 
-def rule(name: str):
-    """Registers the function computing claim ``name``'s (ours, seeds, verdict)."""
+def rule(name: str, table: str):
+    """Registers the function computing claim ``name``'s (ours, seeds, verdict) from the
+    notebook's ``table`` (``fn(evidence, df)``); without the table the claim is not run."""
     def register(fn):
-        CLAIM_RULES[name] = fn
+        def run(ev: Evidence):
+            df = ev.table(table)
+            return None if df is None or df.empty else fn(ev, df)
+        CLAIM_RULES[name] = run
         return fn
     return register
 
@@ -143,15 +147,19 @@ def _per_attack(ev: Evidence, attacks, stem: str, name: str, spec=".2f") -> tupl
     return "; ".join(parts), values
 
 
+def _above(values: pd.Series, at: float, what: str) -> tuple[str, int]:
+    """``BadNets 0.69, ...: <what> on k of n attacks`` (k: values above ``at``) and k."""
+    k = int((values > at).sum())
+    listed = ", ".join(f"{attack_label(a)} {v:.2f}" for a, v in values.items())
+    return f"{listed}: {what} on {k} of {len(values)} attacks", k
+
+
 def _span(values, spec=".2f") -> str:
     return f"{min(values):{spec}}-{max(values):{spec}}"
 
 
-@rule("table1")
-def _table1(ev: Evidence):
-    df = ev.table("table1_boundary_distance")
-    if df is None:
-        return None
+@rule("table1", "table1_boundary_distance")
+def _table1(ev: Evidence, df: pd.DataFrame):
     df = df[df["model"] == "attacked model"]
     k, n = int((df["ratio_mean"] > 1).sum()), len(df)
     ours = (f"mean distance poisoned / clean {_span(df['ratio_mean'])} (paper "
@@ -163,11 +171,8 @@ def _table1(ev: Evidence):
     return ours, seeds, verdict_of(k_all, len(values)) if values else verdict_of(k, n)
 
 
-@rule("fig1")
-def _fig1(ev: Evidence):
-    df = ev.table("fig1_feature_similarity")
-    if df is None:
-        return None
+@rule("fig1", "fig1_feature_similarity")
+def _fig1(ev: Evidence, df: pd.DataFrame):
     g = df.groupby("attack", sort=False)[["cos_clean_poisoned", "cos_clean_perturbed"]].mean()
     k = int((g["cos_clean_perturbed"] > g["cos_clean_poisoned"]).sum())
     ours = (f"mean cosine to the clean features {_span(g['cos_clean_poisoned'])} (poisoned) -> "
@@ -176,29 +181,19 @@ def _fig1(ev: Evidence):
     return ours, "", verdict_of(k, len(g))
 
 
-@rule("fig2")
-def _fig2(ev: Evidence):
-    df = ev.table("fig2_adversarial_labels")
-    if df is None:
-        return None
+@rule("fig2", "fig2_adversarial_labels")
+def _fig2(ev: Evidence, df: pd.DataFrame):
     p = df[df["group"] == "poisoned"].groupby("attack", sort=False)["share_true_label"].first()
-    k = int((p > 0.5).sum())
-    ours = ("share of poisoned samples whose adversarial label is their true class "
-            + ", ".join(f"{attack_label(a)} {v:.2f}" for a, v in p.items())
-            + f": a majority on {k} of {len(p)} attacks")
-    return ours, "", verdict_of(k, len(p))
+    listed, k = _above(p, 0.5, "a majority")
+    return f"share of poisoned samples whose adversarial label is their true class {listed}", "", \
+        verdict_of(k, len(p))
 
 
-@rule("fig5")
-def _fig5(ev: Evidence):
-    df = ev.table("fig5_filtering")
-    if df is None:
-        return None
+@rule("fig5", "fig5_filtering")
+def _fig5(ev: Evidence, df: pd.DataFrame):
     top = df.set_index("attack")["top0.5pct_precision"]
-    k = int((top > MOSTLY_POISON).sum())
-    ours = (f"AUROC {_span(df['auroc'], '.3f')}; poison in Burn's first selection (top 0.5%) "
-            + ", ".join(f"{attack_label(a)} {v:.2f}" for a, v in top.items())
-            + f": mostly poison on {k} of {len(top)} attacks")
+    listed, k = _above(top, MOSTLY_POISON, "mostly poison")
+    ours = f"AUROC {_span(df['auroc'], '.3f')}; poison in Burn's first selection (top 0.5%) {listed}"
     text, values = _per_attack(ev, df["attack"], "burn", "deepfool.top0.5pct_precision")
     k_all = sum(v > MOSTLY_POISON for _, v in values)
     seeds = (f"top 0.5% mostly poison in {k_all} of {len(values)} models; median [range]: "
@@ -230,10 +225,9 @@ def removed_text(asr: OverSeeds) -> str:
     return f"removed in {asr.k_of_n_text()}: ASR {asr.seeds_text()}, median {asr.median_text()}"
 
 
-@rule("fig4")
-def _fig4(ev: Evidence):
-    df = ev.table("fig4_defense_tradeoff")
-    if df is None or not (df["defense"] == "burn").any():
+@rule("fig4", "fig4_defense_tradeoff")
+def _fig4(ev: Evidence, df: pd.DataFrame):
+    if not (df["defense"] == "burn").any():
         return None
     attacks = list(dict.fromkeys(df["attack"]))
     zero = df[(df["defense"] == "burn") & (df["seed"] == 0)].set_index("attack")
@@ -249,11 +243,8 @@ def _fig4(ev: Evidence):
     return ours, seeds, verdict_of(most, len(attacks))
 
 
-@rule("baselines")
-def _baselines(ev: Evidence):
-    df = ev.table("fig4_defense_tradeoff")
-    if df is None:
-        return None
+@rule("baselines", "fig4_defense_tradeoff")
+def _baselines(ev: Evidence, df: pd.DataFrame):
     wins, cases, lowest0 = 0, 0, []
     for (a, seed), g in df.groupby(["attack", "seed"], sort=False):
         asr = g.set_index("defense")["asr"]
@@ -271,11 +262,8 @@ def _baselines(ev: Evidence):
     return ours, seeds, verdict_of(wins, cases)
 
 
-@rule("fig6")
-def _fig6(ev: Evidence):
-    df = ev.table("fig6_unlearning_budget")
-    if df is None:
-        return None
+@rule("fig6", "fig6_unlearning_budget")
+def _fig6(ev: Evidence, df: pd.DataFrame):
     parts, k = [], 0
     for a, g in df.groupby("attack", sort=False):
         ok = g[(g["asr"] <= REMOVED_AT) & (g["n_poisoned"] > 0)]
@@ -287,11 +275,8 @@ def _fig6(ev: Evidence):
     return "; ".join(parts) + f" (at most {FEW_POISONS} on {k} of {n_att})", "", verdict_of(k, n_att)
 
 
-@rule("table2")
-def _table2(ev: Evidence):
-    df = ev.table("table2_ablation")
-    if df is None:
-        return None
+@rule("table2", "table2_ablation")
+def _table2(ev: Evidence, df: pd.DataFrame):
     runs = df.drop_duplicates(["alpha", "beta"])
     k = int((runs["asr"] <= REMOVED_AT).sum())
     ours = (f"{attack_label(runs['attack'].iloc[0])}: removed at "
