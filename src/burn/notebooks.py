@@ -84,10 +84,10 @@ def _environment(**values: str):
 
 def kernel_threads(threads: int | None = None) -> int:
     """``threads``, checked; None: ``$OMP_NUM_THREADS`` if set, else the cores free now."""
-    from .runtime import env_threads, free_cores
+    from .runtime import threads_now
 
     if threads is None:
-        return env_threads() or free_cores()
+        return threads_now()
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {threads!r}")
     return threads

@@ -58,13 +58,16 @@ class OverSeeds:
         lo, hi = self.range()
         return f"{self.median():{spec}} [{lo:{spec}}, {hi:{spec}}]"
 
+    def rate_interval(self, at_most: float = REMOVED_AT) -> tuple[float, float] | None:
+        """The exact 95% interval of the rate of values at most ``at_most``; None from fewer
+        than ``MIN_FOR_INTERVAL`` values."""
+        return binomial_interval(self.count(at_most), self.n) if self.n >= MIN_FOR_INTERVAL else None
+
     def k_of_n_text(self, at_most: float = REMOVED_AT, noun: str = "seeds") -> str:
         """``2 of 3 seeds (rate 0.09-0.99, exact 95%)``: the interval from three values on."""
-        k = self.count(at_most)
-        if self.n < MIN_FOR_INTERVAL:
-            return f"{k} of {self.n} {noun}"
-        lo, hi = binomial_interval(k, self.n)
-        return f"{k} of {self.n} {noun} (rate {lo:.2f}-{hi:.2f}, exact 95%)"
+        ci = self.rate_interval(at_most)
+        tail = f" (rate {ci[0]:.2f}-{ci[1]:.2f}, exact 95%)" if ci else ""
+        return f"{self.count(at_most)} of {self.n} {noun}{tail}"
 
 
 def over_seeds(pairs) -> OverSeeds:

@@ -12,7 +12,7 @@ import pandas as pd
 from . import published
 from .artifacts import DATASET_LABELS, attack_label
 from .config import PROJECT_ROOT
-from .overseeds import MIN_FOR_INTERVAL, REMOVED_AT, binomial_interval, over_seeds
+from .overseeds import REMOVED_AT, over_seeds
 from .verdicts import record_field, seed_dirs
 
 
@@ -53,7 +53,7 @@ def paper_vs_ours(preset: str, dataset: str = "cifar10", *, results_root=None) -
              "CIFAR-10, our numbers are not the paper's CIFAR-10 numbers.", ""]
     lines += _variant_lines(preset)
     if (res / "fig5_filtering.csv").is_file():
-        lines += ["## Verdicts", "", verdict_blocks(res, "../../")["verdicts"], ""]
+        lines += ["## Verdicts", "", verdicts_md(res, "../../"), ""]
 
     def table(name):
         p = res / name
@@ -150,7 +150,7 @@ def _moved_tables(res: Path) -> list[str]:
     over seeds, as the README summarizes them."""
     if not (res / "fig5_filtering.csv").is_file() or not (res / "table1_boundary_distance.csv").is_file():
         return []
-    attacks = list(dict.fromkeys(pd.read_csv(res / "fig5_filtering.csv")["attack"]))
+    attacks = _attacks(res)
     return ["## Per attack at seed 0 (`fig4_defense_tradeoff`, `table1_boundary_distance`, `fig5_filtering`)", "",
             claims_table(res, attacks), "",
             "## Burn against the six baselines, seed 0 (`fig4_defense_tradeoff`)", "",
@@ -192,11 +192,21 @@ def _pair(acc, asr, sep: str = " / ") -> str:
 
 
 def _defense_rows(res: Path) -> dict:
-    """``{(attack, defense): (acc, asr)}`` of Fig. 4's table (opt-ins as ``defense:tag``)."""
-    f = res / "fig4_defense_tradeoff.csv"
-    df = pd.read_csv(f) if f.is_file() else pd.DataFrame(columns=["attack", "defense", "acc", "asr"])
+    """``{(attack, defense): (acc, asr)}`` of Fig. 4's table at seed 0 (opt-ins as ``defense:tag``)."""
+    df = _fig4(res)
     df = df[df["seed"] == 0] if "seed" in df else df
     return {(r.attack, r.defense): (r.acc, r.asr) for r in df.itertuples()}
+
+
+def _fig4(res: Path) -> pd.DataFrame:
+    """Fig. 4's table (every defense's ACC / ASR per attack and seed); empty where not run."""
+    f = res / "fig4_defense_tradeoff.csv"
+    return pd.read_csv(f) if f.is_file() else pd.DataFrame(columns=["attack", "defense", "seed", "acc", "asr"])
+
+
+def _attacks(res: Path) -> list[str]:
+    """The attacks of the preset's tables, in Fig. 5's order."""
+    return list(dict.fromkeys(pd.read_csv(res / "fig5_filtering.csv")["attack"]))
 
 
 def claims_table(res: Path, attacks: list[str]) -> str:
@@ -280,11 +290,6 @@ CHOSEN_ON = {"burn:coverage_class_outside": "the coverage threshold set on the c
 HELD_OUT_SEEDS = (3, 4)
 
 
-def _fig4(res: Path) -> pd.DataFrame:
-    f = res / "fig4_defense_tradeoff.csv"
-    return pd.read_csv(f) if f.is_file() else pd.DataFrame(columns=["attack", "defense", "seed", "acc", "asr"])
-
-
 def _seeds_cell(df: pd.DataFrame, attack: str, run: str, seeds=None) -> str:
     """``**2 of 3** (rate 0.09-0.99, exact 95%): 0.051, 0.216, 0.061; median 0.061 [0.051, 0.216]``."""
     from .verdicts import burn_over_seeds
@@ -292,10 +297,8 @@ def _seeds_cell(df: pd.DataFrame, attack: str, run: str, seeds=None) -> str:
     asr, _ = burn_over_seeds(df, attack, run, seeds)
     if asr.n == 0:
         return "not run"
-    k = f"**{asr.count()} of {asr.n}**"
-    if asr.n >= MIN_FOR_INTERVAL:
-        lo, hi = binomial_interval(asr.count(), asr.n)
-        k += f" ({lo:.2f}-{hi:.2f})"
+    ci = asr.rate_interval()
+    k = f"**{asr.count()} of {asr.n}**" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
     tail = f"; median {asr.median_text()}" if asr.n > 1 else ""
     return f"{k}: {asr.seeds_text()}{tail}"
 
@@ -318,28 +321,26 @@ def chosen_on_lines() -> str:
     return "\n".join(f"- {SEED_RUNS[r]}: {where}." for r, where in CHOSEN_ON.items())
 
 
-def verdict_blocks(res: Path, link_prefix: str) -> dict:
-    """``verdict-<claim>`` blocks of the findings page and the ``verdicts`` table."""
-    from .verdicts import all_verdicts, verdict_markdown, verdicts_table
+def verdicts_md(res: Path, link_prefix: str) -> str:
+    """The verdicts table (``burn.verdicts``) of the results in ``res``."""
+    from .verdicts import all_verdicts, verdicts_table
 
-    vs = all_verdicts(res)
-    blocks = {f"verdict-{v.claim}": verdict_markdown(v, link_prefix) for v in vs}
-    return blocks | {"verdicts": verdicts_table(vs, link_prefix)}
+    return verdicts_table(all_verdicts(res), link_prefix)
 
 
 def readme_blocks(preset: str = README_PRESET, dataset: str = "cifar10", *, results_root=None) -> dict:
     res = Path(results_root or PROJECT_ROOT / "results") / preset / dataset
-    attacks = list(dict.fromkeys(pd.read_csv(res / "fig5_filtering.csv")["attack"]))
-    return {"verdicts": verdict_blocks(res, "")["verdicts"], "seeds": seeds_table(res, attacks),
+    attacks = _attacks(res)
+    return {"verdicts": verdicts_md(res, ""), "seeds": seeds_table(res, attacks),
             "chosen": chosen_on_lines()}
 
 
 def findings_blocks(preset: str = README_PRESET, dataset: str = "cifar10") -> dict:
     """The findings page's generated blocks (links from docs/)."""
     res = PROJECT_ROOT / "results" / preset / dataset
-    attacks = list(dict.fromkeys(pd.read_csv(res / "fig5_filtering.csv")["attack"]))
     from .verdicts import all_verdicts, verdict_markdown
 
+    attacks = _attacks(res)
     blocks = {f"verdict-{v.claim}": verdict_markdown(v, mechanism=False) for v in all_verdicts(res)}
     return blocks | {"seeds": seeds_table(res, attacks), "opt_ins": chosen_on_lines()}
 

@@ -90,11 +90,16 @@ def env_threads() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def threads_now() -> int:
+    """``$OMP_NUM_THREADS`` if set, else the cores free now (``free_cores``, 0.3 s)."""
+    return env_threads() or free_cores()
+
+
 @functools.lru_cache(maxsize=1)
 def default_threads() -> int:
-    """The thread count of a run without ``--threads``: ``$OMP_NUM_THREADS`` if set, else the
-    cores free when the process first asks (``free_cores``; measured once, 0.3 s)."""
-    return env_threads() or free_cores()
+    """The thread count of a run without ``--threads``: ``threads_now`` when the process
+    first asks (measured once)."""
+    return threads_now()
 
 
 @dataclass(frozen=True)
