@@ -159,7 +159,7 @@ def _moved_tables(res: Path) -> list[str]:
             "## Burn's selections, seed 0 (`fig4_defense_tradeoff`)", "",
             "None uses clean data; the opt-ins are not the paper's method.", "",
             selections_table(res, attacks), "",
-            "## Burn's removal over seeds (`fig4_defense_tradeoff`)", "", seeds_table(res, attacks), "",
+            "## Burn's removal over seeds (`fig4_defense_tradeoff`)", "", seeds_block(res, attacks), "",
             chosen_on_lines(), ""]
 
 
@@ -316,6 +316,32 @@ def seeds_table(res: Path, attacks: list[str]) -> str:
     return _md(header, rows)
 
 
+def seed_sentences(res: Path, attacks: list[str]) -> str:
+    """One sentence per run of ``SEED_RUNS``: in how many seeds of each attack it removes the
+    backdoor, and the ACC it costs over all those runs (median [range], points)."""
+    from .verdicts import burn_over_seeds
+
+    df, lines = _fig4(res), []
+    for run, name in SEED_RUNS.items():
+        parts, lost = [], []
+        for a in attacks:
+            asr, cost = burn_over_seeds(df, a, run)
+            if asr.n:
+                parts.append(f"{attack_label(a)} {asr.count()} of {asr.n}" + ("" if parts else " seeds"))
+                lost += list(cost.values.values())
+        if parts:
+            cost = over_seeds(enumerate(lost)).median_text(".1f")
+            lines.append(f"- **{name}**: Burn removes the backdoor in {', '.join(parts)}; ACC lost {cost} points "
+                         f"(median [range] over these {len(lost)} runs).")
+    return "\n".join(lines)
+
+
+def seeds_block(res: Path, attacks: list[str]) -> str:
+    """The seeds table and its sentences, as the README, the findings page and
+    ``paper_vs_ours`` show them."""
+    return seeds_table(res, attacks) + "\n\n" + seed_sentences(res, attacks)
+
+
 def chosen_on_lines() -> str:
     """Where each opt-in was chosen: it is evidence only on the runs it was not chosen on."""
     return "\n".join(f"- {SEED_RUNS[r]}: {where}." for r, where in CHOSEN_ON.items())
@@ -331,7 +357,7 @@ def verdicts_md(res: Path, link_prefix: str) -> str:
 def readme_blocks(preset: str = README_PRESET, dataset: str = "cifar10", *, results_root=None) -> dict:
     res = Path(results_root or PROJECT_ROOT / "results") / preset / dataset
     attacks = _attacks(res)
-    return {"verdicts": verdicts_md(res, ""), "seeds": seeds_table(res, attacks),
+    return {"verdicts": verdicts_md(res, ""), "seeds": seeds_block(res, attacks),
             "chosen": chosen_on_lines()}
 
 
@@ -342,7 +368,7 @@ def findings_blocks(preset: str = README_PRESET, dataset: str = "cifar10") -> di
 
     attacks = _attacks(res)
     blocks = {f"verdict-{v.claim}": verdict_markdown(v, mechanism=False) for v in all_verdicts(res)}
-    return blocks | {"seeds": seeds_table(res, attacks), "opt_ins": chosen_on_lines()}
+    return blocks | {"seeds": seeds_block(res, attacks), "opt_ins": chosen_on_lines()}
 
 
 FINDINGS = PROJECT_ROOT / "docs" / "findings.md"
@@ -381,7 +407,9 @@ def fill_blocks(text: str, blocks: dict) -> str:
 # DeepFool summary.
 SEED_MEASURES = {
     "attacked ACC": ("none", "acc"), "attacked ASR": ("none", "asr"),
+    "Table 1: mean distance poisoned / clean, whole training set": ("burn", "deepfool.mean_ratio"),
     "AUROC": ("burn", "deepfool.auroc"), "top-0.5% precision": ("burn", "deepfool.top0.5pct_precision"),
+    "top-0.5% mislabeled precision": ("burn", "deepfool.top0.5pct_mislabeled_precision"),
 }
 
 

@@ -43,7 +43,8 @@ def test_seed_summaries_from_records_under_seeds(tmp_path):
         d = run if seed == 0 else run / "seeds" / str(seed)
         write_json(d / "none.json", {"acc": 0.82, "asr": 0.96})
         write_json(d / "burn.json", {"acc": acc, "asr": asr,
-                                     "deepfool": {"auroc": 0.8, "top0.5pct_precision": 0.7}})
+                                     "deepfool": {"auroc": 0.8, "top0.5pct_precision": 0.7,
+                                                  "mean_ratio": 1.9}})
     write_json(tmp_path / "badnets" / "none.json", {"acc": 0.8, "asr": 0.9})  # one seed: no group
     assert list(seed_groups(tmp_path)) == ["preset"]
     df = seed_summaries(seed_table(seed_groups(tmp_path)["preset"]))
@@ -54,6 +55,8 @@ def test_seed_summaries_from_records_under_seeds(tmp_path):
     top = df[(df.attack == "lf") & (df.measure == "top-0.5% precision")].iloc[0]
     assert top.n == 3 and top.median_range == "0.700 [0.700, 0.700]"  # a field name with a dot
     assert top.removed == ""
+    ratio = df[(df.attack == "lf") & df.measure.str.startswith("Table 1")].iloc[0]
+    assert ratio.n == 3 and ratio.median_range == "1.900 [1.900, 1.900]"
 
 
 def test_the_seeds_table_counts_each_run_and_the_held_out_seeds_apart():
