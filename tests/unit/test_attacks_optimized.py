@@ -2,12 +2,15 @@
 classifier): triggers on hand-made images, poison indices and labels, determinism, and that
 the optimization does what it is for."""
 
+import shutil
+
 import pytest
 import torch
 
 from burn.attacks import InputAware, TrojanNN
 from burn.attacks.inputaware import Generator, threshold
 from burn.attacks.triggers import load_image
+from burn.cache import cache_dir
 from burn.data import ImageDataset
 from burn.models import create_model
 
@@ -53,11 +56,26 @@ def test_trojannn_raises_the_most_connected_neurons_and_is_deterministic():
     err = lambda acts: sum((v - 100.0) ** 2 for v in acts)  # noqa: E731
     assert err(a.fitted["activation_trigger"]) < err(a.fitted["activation_start"])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # model untouched
+    shutil.rmtree(cache_dir() / "runs" / "trojannn")  # optimized again, not read back
     b = _fit_trojannn(model)
     assert torch.equal(a.trigger, b.trigger) and a.fitted == b.fitted
     other = _fit_trojannn(_model(seed=1))
     assert a.key_parts() != other.key_parts()  # the clean model is part of the attacked model's key
     assert "trigger" not in a.describe() and a.describe()["trigger_sha256"]
+
+
+def test_trojannn_reads_its_trigger_back_for_the_same_clean_model_and_settings(monkeypatch):
+    import burn.attacks.trojannn as trojannn
+
+    model = _model()
+    a = _fit_trojannn(model)
+    monkeypatch.setattr(trojannn, "optimize_trigger", lambda *a, **k: pytest.fail("optimized again"))
+    b = _fit_trojannn(model)
+    assert torch.equal(a.trigger, b.trigger) and a.fitted == b.fitted
+    with pytest.raises(pytest.fail.Exception, match="optimized again"):  # other weights: a new key
+        _fit_trojannn(_model(seed=1))
+    with pytest.raises(pytest.fail.Exception, match="optimized again"):  # other settings
+        TrojanNN(iters=61).fit(_dataset(8), generator=torch.Generator().manual_seed(0), model=model)
 
 
 def test_trojannn_backdoorbench_neurons_come_from_an_untrained_1000_output_layer():

@@ -86,35 +86,52 @@ class TrojanNN(Attack):
 
     def fit(self, train: ImageDataset, *, generator: torch.Generator, model=None,
             **context) -> "TrojanNN":
+        """The attack with its trigger optimized on the clean ``model``: read back from the run
+        cache (``trojannn/<key>``: the clean weights, these settings, the seed where the neurons
+        depend on it, and the device) when it was optimized before, since every load of a
+        TrojanNN model needs it and 1,000 steps take seconds."""
         if self.trigger is not None:
             return self
         if model is None:
             raise ValueError("TrojanNN optimizes its trigger on a clean model: pass model= "
                              "(the preset's clean model, burn attack --attack clean)")
-        from ..cache import tensors_sha256
-
-        init = load_image(self.mask_file, tuple(train.images.shape[-2:]))
         if self.neuron_choice not in NEURON_CHOICES:
             raise ValueError(f"attack.params.neuron_choice must be one of {list(NEURON_CHOICES)}, "
                              f"got {self.neuron_choice!r}")
-        ranked = (model.linear if self.neuron_choice == "clean_linear" else
-                  untrained_linear_layer(model.linear.in_features, 1000, generator.initial_seed()))
+        from ..cache import config_hash, run_dir, tensors_sha256
+        from ..stages import TorchStore, cached
+
+        size = tuple(train.images.shape[-2:])
+        seed = generator.initial_seed() if self.neuron_choice == "backdoorbench" else None
+        clean_sha = tensors_sha256(model.state_dict())
+        settings = (self.mask_file, self.num_neurons, self.neuron_target, self.iters, self.eps,
+                    self.step, self.neuron_choice)
+        key = config_hash("trojannn-trigger", clean_sha, settings, size, seed,
+                          next(model.parameters()).device.type)
+        done = cached(TorchStore(run_dir("trojannn", key) / "trigger.pt"), key,
+                      lambda: self._optimize(model, size, seed))
+        trigger = done.pop("trigger")
+        return dataclasses.replace(self, trigger=trigger, fitted={"clean_model_sha256": clean_sha, **done})
+
+    def _optimize(self, model: nn.Module, size: tuple, seed: int | None) -> dict:
+        """The 8-bit trigger and what the optimization reached (``fitted``'s fields)."""
+        from ..cache import tensors_sha256
+
+        init = load_image(self.mask_file, size)
+        ranked = (model.linear if seed is None else
+                  untrained_linear_layer(model.linear.in_features, 1000, seed))
         neurons = most_connected_inputs(ranked, self.num_neurons).to(
             next(model.parameters()).device)
-        trig = optimize_trigger(model, init, neurons, self.neuron_target, iters=self.iters,
-                                eps=self.eps, step=self.step)
-        trig_u8 = to_uint8(trig)
+        trig_u8 = to_uint8(optimize_trigger(model, init, neurons, self.neuron_target,
+                                            iters=self.iters, eps=self.eps, step=self.step))
         with torch.no_grad():
             model.eval()
             dev = next(model.parameters()).device
             acts = [model.features((t * (t > 0)).to(dev)[None])[0, neurons].tolist()
                     for t in (init, trig_u8.float() / 255.0)]
-        fitted = {"clean_model_sha256": tensors_sha256(model.state_dict()),
-                  "neurons": neurons.tolist(), "activation_start": acts[0],
-                  "activation_trigger": acts[1],
-                  "trigger_sha256": tensors_sha256({"trigger": trig_u8}),
-                  "trigger_pixels": int((trig_u8 > 0).any(0).sum())}
-        return dataclasses.replace(self, trigger=trig_u8, fitted=fitted)
+        return {"trigger": trig_u8, "neurons": neurons.tolist(), "activation_start": acts[0],
+                "activation_trigger": acts[1], "trigger_sha256": tensors_sha256({"trigger": trig_u8}),
+                "trigger_pixels": int((trig_u8 > 0).any(0).sum())}
 
     def key_parts(self) -> tuple:
         """The trigger depends on the clean model's weights, so the attacked model's key does."""
