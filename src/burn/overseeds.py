@@ -10,6 +10,15 @@ from dataclasses import dataclass
 
 REMOVED_AT = 0.10  # "the backdoor is removed": ASR after the defense at most this
 MIN_FOR_INTERVAL = 3
+# Records hold ratios of counts computed in float32: 900 of 9,000 test images is stored as
+# 0.1000000015. A comparison allows that rounding, far below one image in 9,000.
+FLOAT32_SLACK = 1e-6
+
+
+def within(value, bound: float = REMOVED_AT):
+    """``value <= bound`` for a recorded ratio (a number or a pandas Series), allowing float32's
+    rounding: an ASR of exactly 0.10 counts as removed."""
+    return value <= bound + FLOAT32_SLACK
 
 
 def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -45,7 +54,7 @@ class OverSeeds:
 
     def count(self, at_most: float = REMOVED_AT) -> int:
         """How many seeds' values are at most ``at_most`` (a removed backdoor, for ASR)."""
-        return sum(v <= at_most for v in self.values.values())
+        return sum(bool(within(v, at_most)) for v in self.values.values())
 
     def seeds_text(self, spec: str = ".3f") -> str:
         """Each seed's value, in seed order: ``0.051, 0.216, 0.061``."""

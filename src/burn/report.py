@@ -12,7 +12,7 @@ import pandas as pd
 from . import published
 from .artifacts import DATASET_LABELS, attack_label
 from .config import PROJECT_ROOT
-from .overseeds import REMOVED_AT, over_seeds
+from .overseeds import REMOVED_AT, over_seeds, within
 from .verdicts import record_field, seed_dirs
 
 
@@ -222,7 +222,7 @@ def claims_table(res: Path, attacks: list[str]) -> str:
     def removed(a):
         if (a, "burn") not in d:
             return "not run"
-        return "yes" if d[(a, "burn")][1] <= REMOVED_AT else "**no**"
+        return "yes" if within(d[(a, "burn")][1]) else "**no**"
 
     rows = [
         ["attacked model: ACC / ASR"] + [_pair(*d.get((a, "none"), (None, None))) for a in attacks],

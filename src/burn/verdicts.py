@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from .artifacts import attack_label
-from .overseeds import REMOVED_AT, OverSeeds, over_seeds
+from .overseeds import REMOVED_AT, OverSeeds, over_seeds, within
 
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
 HOLDS, IN_PART, FAILS, NOT_RUN = "holds", "holds in part", "does not hold", "not run"
@@ -231,7 +231,7 @@ def _fig4(ev: Evidence, df: pd.DataFrame):
         return None
     attacks = list(dict.fromkeys(df["attack"]))
     zero = df[(df["defense"] == "burn") & (df["seed"] == 0)].set_index("attack")
-    removed0 = [a for a in attacks if a in zero.index and zero.loc[a, "asr"] <= REMOVED_AT]
+    removed0 = [a for a in attacks if a in zero.index and within(zero.loc[a, "asr"])]
     ours = (f"ASR <= {REMOVED_AT:.2f} on {len(removed0)} of {len(zero)} attacks ("
             + (", ".join(attack_label(a) for a in removed0) or "none") + ")")
     parts, most = [], 0
@@ -266,7 +266,7 @@ def _baselines(ev: Evidence, df: pd.DataFrame):
 def _fig6(ev: Evidence, df: pd.DataFrame):
     parts, k = [], 0
     for a, g in df.groupby("attack", sort=False):
-        ok = g[(g["asr"] <= REMOVED_AT) & (g["n_poisoned"] > 0)]
+        ok = g[within(g["asr"]) & (g["n_poisoned"] > 0)]
         n = int(ok["n_poisoned"].min()) if len(ok) else None
         k += n is not None and n <= FEW_POISONS
         parts.append(f"{attack_label(a)}: ASR <= {REMOVED_AT:.2f} from N = {n}" if n is not None
@@ -278,10 +278,10 @@ def _fig6(ev: Evidence, df: pd.DataFrame):
 @rule("table2", "table2_ablation")
 def _table2(ev: Evidence, df: pd.DataFrame):
     runs = df.drop_duplicates(["alpha", "beta"])
-    k = int((runs["asr"] <= REMOVED_AT).sum())
+    k = int(within(runs["asr"]).sum())
     ours = (f"{attack_label(runs['attack'].iloc[0])}: removed at "
             + ", ".join(f"alpha {r.alpha:g} / beta {r.beta:g} ({r.asr:.3f})" for r in runs.itertuples()
-                        if r.asr <= REMOVED_AT) + f"; {k} of {len(runs)} settings") if k else \
+                        if within(r.asr)) + f"; {k} of {len(runs)} settings") if k else \
         f"removed at none of {len(runs)} settings"
     return ours, "", verdict_of(k, len(runs))
 

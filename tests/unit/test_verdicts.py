@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from burn.config import PROJECT_ROOT
-from burn.overseeds import binomial_interval, over_seeds
+from burn.overseeds import binomial_interval, over_seeds, within
 from burn.verdicts import (FAILS, HOLDS, IN_PART, NOT_RUN, CLAIM_RULES, all_verdicts, claims,
                            verdict, verdict_of)
 
@@ -36,6 +36,16 @@ def test_no_interval_from_fewer_than_three_seeds():
     assert three.n == 3 and three.seeds_text() == "0.051, 0.216, 0.061"
     assert three.k_of_n_text() == "2 of 3 seeds (rate 0.09-0.99, exact 95%)"
     assert over_seeds([(0, 0.4)]).median_text() == "0.400"
+
+
+def test_an_asr_of_exactly_ten_percent_counts_as_removed_as_float32_stores_it():
+    import torch
+
+    stored = float((torch.arange(9000) < 900).float().mean())  # 900 of 9,000, as records hold it
+    assert stored > 0.10 and within(stored)
+    assert not within(901 / 9000)  # one image more is not removed
+    assert over_seeds([(0, stored), (1, 0.2)]).count() == 1
+    assert list(within(pd.Series([stored, 0.1002]))) == [True, False]
 
 
 def test_verdict_words():
