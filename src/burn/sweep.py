@@ -530,13 +530,13 @@ def run_sweep(sweep: Sweep, executor: str, runtime: Runtime, *, slurm: SlurmCfg 
 
 
 def run_order(todo: list[Job]) -> list[Job]:
-    """``todo`` depth first: each model job followed by its defense jobs, so that a model's
-    results land complete before the next model trains; then the defense jobs whose model is
-    stored, in the spec's order."""
+    """``todo`` with the defense jobs of stored models first (minutes each, and they complete
+    runs already begun), then depth first: each model job followed by its defense jobs, so
+    that a model's results land complete before the next model trains."""
     models = [j for j in todo if j.stage == "model"]
     of = {m.name: [j for j in todo if j.defense and j.model_job == m.name] for m in models}
     ordered = [j for m in models for j in (m, *of[m.name])]
-    return ordered + [j for j in todo if j.defense and j.model_job not in of]
+    return [j for j in todo if j.defense and j.model_job not in of] + ordered
 
 
 def _run_here(sweep: Sweep, todo: list[Job], executor: str, runtime: Runtime, say) -> int:

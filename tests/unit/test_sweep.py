@@ -249,3 +249,13 @@ def test_two_writers_of_one_record_compute_it_once(tmp_path):
         t.join()
     assert calls == [1] and results[0] == results[1] == {"value": 1, "config_hash": "k"}
     assert not lock_path(tmp_path / "r.json").exists()
+
+
+def test_local_order_finishes_stored_models_first_then_goes_depth_first():
+    from burn.sweep import Job, run_order
+
+    jobs = [Job("model", None, "a"), Job("burn", None, "a", defense="burn"),
+            Job("model", None, "b"), Job("burn", None, "c", defense="burn"),
+            Job("ftsam", None, "b", defense="ftsam"), Job("sau", None, "c", defense="sau")]
+    assert [j.name for j in run_order(jobs)] == ["c:burn", "c:sau", "a:model", "a:burn",
+                                                 "b:model", "b:ftsam"]
