@@ -342,6 +342,39 @@ def seeds_block(res: Path, attacks: list[str]) -> str:
     return seeds_table(res, attacks) + "\n\n" + seed_sentences(res, attacks)
 
 
+def _count(n) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def burn_trace_table(res: Path, attacks: list[str]) -> str:
+    """Per attack and seed, how Burn with the paper's defaults went, from each run's
+    ``burn.json``: the attacked model, how well the distance separates the poison, what
+    phase 1's ``P_0`` holds and does, the poisoned samples each clean set ``C_t`` took, the end."""
+    from .cache import read_json
+    from .verdicts import artifact_dir
+
+    rows = []
+    for a in attacks:
+        for seed, d in seed_dirs(artifact_dir(res, a)).items():
+            if not (d / "burn.json").is_file():
+                continue
+            r = read_json(d / "burn.json")
+            its, df = r["report"]["iterations"], r.get("deepfool", {})
+            first, last = its[0], its[-1]
+            to_target = first.get("poison_set_label_counts", {}).get(str(r["config"]["attack"]["target"]), 0)
+            in_c = [_count(it.get("poisoned_in_clean_set")) for it in its[1:]]
+            if in_c:
+                in_c[-1] += f" of {last['n_clean_set']:,}"
+            rows.append([attack_label(a), str(seed), _pair(r["before"]["acc"], r["before"]["asr"]),
+                         _fmt(df.get("auroc")), f"{_fmt(df.get('top0.5pct_precision'))}; "
+                         f"{_fmt(df.get('top0.5pct_mislabeled_precision'))}",
+                         f"{to_target} of {first['n_poison_set']}", _pair(first["acc"], first["asr"]),
+                         ", ".join(in_c), _pair(r["acc"], r["asr"])])
+    return _md(["attack", "seed", "attacked model", "AUROC", "top 0.5% (`P_0`): triggered; mislabeled",
+                "`P_0` relabeled to the target", "after t = 0", "poisoned samples in `C_1`, ..., `C_5`",
+                "Burn, final"], rows)
+
+
 def chosen_on_lines() -> str:
     """Where each opt-in was chosen: it is evidence only on the runs it was not chosen on."""
     return "\n".join(f"- {SEED_RUNS[r]}: {where}." for r, where in CHOSEN_ON.items())
@@ -372,6 +405,13 @@ def findings_blocks(preset: str = README_PRESET, dataset: str = "cifar10") -> di
 
 
 FINDINGS = PROJECT_ROOT / "docs" / "findings.md"
+SEEDS_PAGE = PROJECT_ROOT / "docs" / "findings" / "seeds.md"
+
+
+def seeds_page_blocks(preset: str = README_PRESET, dataset: str = "cifar10") -> dict:
+    """The generated blocks of the seeds page (``docs/findings/seeds.md``)."""
+    res = PROJECT_ROOT / "results" / preset / dataset
+    return {"burn_trace": burn_trace_table(res, _attacks(res))}
 
 
 def write_pages(preset: str, dataset: str = "cifar10", *, results_root=None) -> list[str]:
@@ -384,7 +424,8 @@ def write_pages(preset: str, dataset: str = "cifar10", *, results_root=None) -> 
     done = [f"{'wrote' if write_if_changed(out, paper_vs_ours(preset, dataset, results_root=results_root) + chr(10)) else 'unchanged:'} {out}"]
     if preset != README_PRESET or results_root is not None or dataset != "cifar10":
         return done
-    for page, blocks in ((README, readme_blocks), (FINDINGS, findings_blocks)):
+    for page, blocks in ((README, readme_blocks), (FINDINGS, findings_blocks),
+                         (SEEDS_PAGE, seeds_page_blocks)):
         text = page.read_text()
         if "<!-- report:" in text:
             changed = write_if_changed(page, fill_blocks(text, blocks(preset, dataset)))
@@ -397,7 +438,7 @@ def fill_blocks(text: str, blocks: dict) -> str:
     for name, body in blocks.items():
         pattern = re.compile(rf"(<!-- report:{name} -->\n)(?:.*?\n)?(<!-- /report:{name} -->)", re.S)
         if not pattern.search(text):
-            raise ValueError(f"README.md has no block <!-- report:{name} --> ... <!-- /report:{name} -->")
+            raise ValueError(f"the page has no block <!-- report:{name} --> ... <!-- /report:{name} -->")
         text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     return text
 

@@ -3,7 +3,7 @@
 import pytest
 
 from burn import published
-from burn.report import README, fill_blocks, readme_blocks
+from burn.report import README, SEEDS_PAGE, fill_blocks, readme_blocks, seeds_page_blocks
 
 
 def test_every_published_number_names_its_source():
@@ -25,6 +25,29 @@ def test_the_readme_tables_are_the_reports_and_the_readme_is_short():
     text = README.read_text()
     assert fill_blocks(text, readme_blocks()) == text, "run `burn report --preset cpu`"
     assert len(text.encode()) < 10_000
+    seeds = SEEDS_PAGE.read_text()
+    assert fill_blocks(seeds, seeds_page_blocks()) == seeds, "run `burn report --preset cpu`"
+
+
+def test_the_trace_table_reads_each_seeds_phase_1_and_clean_sets(tmp_path):
+    from burn.cache import write_json
+    from burn.report import burn_trace_table
+
+    res = tmp_path / "mine" / "cifar10"
+    its = [{"t": 0, "n_poison_set": 250, "n_clean_set": 0, "acc": 0.3, "asr": 0.8,
+            "poison_set_label_counts": {"0": 83, "1": 167}},
+           *({"t": t, "n_poison_set": 300, "n_clean_set": 2500, "acc": 0.5, "asr": 0.9,
+              "poisoned_in_clean_set": c} for t, c in ((1, 54), (2, 2383)))]
+    for d in (res / "badnets", res / "badnets" / "seeds" / "1"):
+        write_json(d / "none.json", {"acc": 0.82, "asr": 0.94})
+    write_json(res / "badnets" / "burn.json", {
+        "acc": 0.137, "asr": 0.992, "before": {"acc": 0.82, "asr": 0.94},
+        "config": {"attack": {"target": 0}}, "deepfool": {"auroc": 0.745, "top0.5pct_precision": 0.048},
+        "report": {"iterations": its}})
+    rows = burn_trace_table(res, ["badnets"]).splitlines()
+    assert len(rows) == 3  # seed 1 has no Burn run yet: no row
+    assert rows[2] == ("| BadNets | 0 | 0.820 / 0.940 | 0.745 | 0.048; - | 83 of 250 | 0.300 / 0.800 "
+                       "| 54, 2,383 of 2,500 | 0.137 / 0.992 |")
 
 
 def test_a_missing_block_is_an_error_not_a_skip():
