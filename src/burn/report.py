@@ -291,7 +291,8 @@ HELD_OUT_SEEDS = (3, 4)
 
 
 def _seeds_cell(df: pd.DataFrame, attack: str, run: str, seeds=None) -> str:
-    """``**2 of 3** (rate 0.09-0.99, exact 95%): 0.051, 0.216, 0.061; median 0.061 [0.051, 0.216]``."""
+    """``**2 of 3** (0.09-0.99): 0.051, 0.216, 0.061; median 0.061 [0.051, 0.216]``, or ``... 0.000
+    on every seed`` where every seed has the same value."""
     from .verdicts import burn_over_seeds
 
     asr, _ = burn_over_seeds(df, attack, run, seeds)
@@ -299,6 +300,9 @@ def _seeds_cell(df: pd.DataFrame, attack: str, run: str, seeds=None) -> str:
         return "not run"
     ci = asr.rate_interval()
     k = f"**{asr.count()} of {asr.n}**" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+    lo, hi = asr.range()
+    if asr.n > 1 and f"{lo:.3f}" == f"{hi:.3f}":
+        return f"{k}: {lo:.3f} on every seed"
     tail = f"; median {asr.median_text()}" if asr.n > 1 else ""
     return f"{k}: {asr.seeds_text()}{tail}"
 
@@ -332,7 +336,7 @@ def seed_sentences(res: Path, attacks: list[str]) -> str:
         if parts:
             cost = over_seeds(enumerate(lost)).median_text(".1f")
             lines.append(f"- **{name}**: Burn removes the backdoor in {', '.join(parts)}; ACC lost {cost} points "
-                         f"(median [range] over these {len(lost)} runs).")
+                         f"(median [range], {len(lost)} runs).")
     return "\n".join(lines)
 
 
