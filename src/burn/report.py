@@ -307,10 +307,9 @@ def _seeds_cell(df: pd.DataFrame, attack: str, run: str, seeds=None) -> str:
     return f"{k}: {asr.seeds_text()}{tail}"
 
 
-def seeds_table(res: Path, attacks: list[str]) -> str:
-    """Per attack, Burn's ASR over seeds for each run of ``SEED_RUNS`` (removed: ASR <=
-    ``REMOVED_AT``), and the opt-ins on ``HELD_OUT_SEEDS`` alone."""
-    df = _fig4(res)
+def seeds_table(df: pd.DataFrame, attacks: list[str]) -> str:
+    """Per attack, Burn's ASR over seeds (Fig. 4's table ``df``) for each run of ``SEED_RUNS``
+    (removed: ASR <= ``REMOVED_AT``), and the opt-ins on ``HELD_OUT_SEEDS`` alone."""
     held = [r for r in SEED_RUNS if r in CHOSEN_ON]
     header = ["removed in k of n seeds (exact 95% interval of the rate): each seed's ASR", *SEED_RUNS.values(),
               *[f"{SEED_RUNS[r].split(' (')[0]}, seeds {HELD_OUT_SEEDS[0]}-{HELD_OUT_SEEDS[-1]} only"
@@ -320,12 +319,13 @@ def seeds_table(res: Path, attacks: list[str]) -> str:
     return _md(header, rows)
 
 
-def seed_sentences(res: Path, attacks: list[str]) -> str:
-    """One sentence per run of ``SEED_RUNS``: in how many seeds of each attack it removes the
-    backdoor, and the ACC it costs over all those runs (median [range], points)."""
+def seed_sentences(df: pd.DataFrame, attacks: list[str]) -> str:
+    """One sentence per run of ``SEED_RUNS`` (Fig. 4's table ``df``): in how many seeds of each
+    attack it removes the backdoor, and the ACC it costs over all those runs (median [range],
+    points)."""
     from .verdicts import burn_over_seeds
 
-    df, lines = _fig4(res), []
+    lines = []
     for run, name in SEED_RUNS.items():
         parts, lost = [], []
         for a in attacks:
@@ -343,11 +343,8 @@ def seed_sentences(res: Path, attacks: list[str]) -> str:
 def seeds_block(res: Path, attacks: list[str]) -> str:
     """The seeds table and its sentences, as the README, the findings page and
     ``paper_vs_ours`` show them."""
-    return seeds_table(res, attacks) + "\n\n" + seed_sentences(res, attacks)
-
-
-def _count(n) -> str:
-    return "-" if n is None else f"{n:,}"
+    df = _fig4(res)
+    return seeds_table(df, attacks) + "\n\n" + seed_sentences(df, attacks)
 
 
 def burn_trace_table(res: Path, attacks: list[str]) -> str:
@@ -366,7 +363,7 @@ def burn_trace_table(res: Path, attacks: list[str]) -> str:
             its, df = r["report"]["iterations"], r.get("deepfool", {})
             first, last = its[0], its[-1]
             to_target = first.get("poison_set_label_counts", {}).get(str(r["config"]["attack"]["target"]), 0)
-            in_c = [_count(it.get("poisoned_in_clean_set")) for it in its[1:]]
+            in_c = [_fmt(it.get("poisoned_in_clean_set"), ",") for it in its[1:]]
             if in_c:
                 in_c[-1] += f" of {last['n_clean_set']:,}"
             rows.append([attack_label(a), str(seed), _pair(r["before"]["acc"], r["before"]["asr"]),

@@ -118,15 +118,14 @@ class TrojanNN(Attack):
         from ..cache import tensors_sha256
 
         init = load_image(self.mask_file, size)
+        dev = next(model.parameters()).device
         ranked = (model.linear if seed is None else
                   untrained_linear_layer(model.linear.in_features, 1000, seed))
-        neurons = most_connected_inputs(ranked, self.num_neurons).to(
-            next(model.parameters()).device)
+        neurons = most_connected_inputs(ranked, self.num_neurons).to(dev)
         trig_u8 = to_uint8(optimize_trigger(model, init, neurons, self.neuron_target,
                                             iters=self.iters, eps=self.eps, step=self.step))
         with torch.no_grad():
             model.eval()
-            dev = next(model.parameters()).device
             acts = [model.features((t * (t > 0)).to(dev)[None])[0, neurons].tolist()
                     for t in (init, trig_u8.float() / 255.0)]
         return {"trigger": trig_u8, "neurons": neurons.tolist(), "activation_start": acts[0],
