@@ -377,6 +377,52 @@ def burn_trace_table(res: Path, attacks: list[str]) -> str:
                 "Burn, final"], rows)
 
 
+GUARDED_RUNS = ("coverage_class_outside", "coverage_class_distill")
+
+
+def guard_table(res: Path, attacks: list[str]) -> str:
+    """Per attack (and the clean model) and seed, what the two opt-ins' guard read: the
+    suspect class's coverage against ``min_coverage`` and the next class's, whether Burn
+    acted, and each opt-in's ACC / ASR, from ``burn_coverage_class_*.json``."""
+    from .cache import read_json
+    from .verdicts import artifact_dir
+
+    rows, seen = [], []
+    for a in [*attacks, "clean"]:
+        for seed, d in seed_dirs(artifact_dir(res, a)).items():
+            recs = {t: read_json(f) for t in GUARDED_RUNS if (f := d / f"burn_{t}.json").is_file()}
+            if not recs:
+                continue
+            r = next(iter(recs.values()))
+            cov, bar = r["report"].get("coverage") or {}, r["defense_config"]["min_coverage"]
+            top, nxt, suspect = cov.get("suspect"), cov.get("next"), r["report"].get("suspect_class")
+            target = r["config"]["attack"]["target"] if a != "clean" else None
+            acts = "declines" if suspect is None else \
+                f"class {suspect}" + ("" if target is None else " (the target)" if suspect == target
+                                      else " (not the target)")
+            ratio = "-" if top is None or not nxt else f"{top / nxt:.1f}x"
+            seen.append((a == "clean", top, f"{attack_label(a) if a != 'clean' else 'clean'} {seed}"))
+            rows.append([attack_label(a) if a != "clean" else "clean model", str(seed),
+                         f"{_fmt(top)} (bar {bar:g})", _fmt(nxt), ratio, acts,
+                         *(_pair(recs[t]["acc"], recs[t]["asr"]) if t in recs else "not run"
+                           for t in GUARDED_RUNS)])
+    table = _md(["model", "seed", "suspect class's coverage", "next class's", "lead", "guard",
+                 *(f"`{t}`: ACC / ASR" for t in GUARDED_RUNS)], rows)
+    return table + "\n\n" + _coverage_ranges(seen)
+
+
+def _coverage_ranges(seen: list[tuple[bool, float, str]]) -> str:
+    """The suspect class's coverage over the backdoored and over the clean models: how far
+    apart the two lie."""
+    parts = []
+    for clean, what in ((False, "backdoored models"), (True, "clean models")):
+        vals = sorted((v, name) for c, v, name in seen if c == clean and v is not None)
+        if vals:
+            parts.append(f"{what} {vals[0][0]:.3f} ({vals[0][1]}) to {vals[-1][0]:.3f} "
+                         f"({vals[-1][1]}), {len(vals)} run{'s' if len(vals) > 1 else ''}")
+    return "Suspect class's coverage: " + "; ".join(parts) + "." if parts else ""
+
+
 def chosen_on_lines() -> str:
     """Where each opt-in was chosen: it is evidence only on the runs it was not chosen on."""
     return "\n".join(f"- {SEED_RUNS[r]}: {where}." for r, where in CHOSEN_ON.items())
@@ -416,7 +462,8 @@ SEEDS_PAGE = PROJECT_ROOT / "docs" / "findings" / "seeds.md"
 def seeds_page_blocks(preset: str = README_PRESET, dataset: str = "cifar10") -> dict:
     """The generated blocks of the seeds page (``docs/findings/seeds.md``)."""
     res = PROJECT_ROOT / "results" / preset / dataset
-    return {"burn_trace": burn_trace_table(res, _attacks(res))}
+    attacks = _attacks(res)
+    return {"burn_trace": burn_trace_table(res, attacks), "guard": guard_table(res, attacks)}
 
 
 def write_pages(preset: str, dataset: str = "cifar10", *, results_root=None) -> list[str]:

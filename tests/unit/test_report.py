@@ -50,6 +50,33 @@ def test_the_trace_table_reads_each_seeds_phase_1_and_clean_sets(tmp_path):
                        "| 54, 2,383 of 2,500 | 0.137 / 0.992 |")
 
 
+def test_the_guard_table_says_where_each_run_lies_from_the_bar(tmp_path):
+    from burn.cache import write_json
+    from burn.report import guard_table
+
+    res = tmp_path / "mine" / "cifar10"
+
+    def run(d, suspect, top, nxt, acc, asr, tags=("coverage_class_outside", "coverage_class_distill")):
+        write_json(d / "none.json", {"acc": 0.8, "asr": 0.9})
+        for tag in tags:
+            write_json(d / f"burn_{tag}.json", {
+                "acc": acc, "asr": asr, "config": {"attack": {"target": 0}},
+                "defense_config": {"min_coverage": 0.03},
+                "report": {"suspect_class": suspect, "coverage": {"suspect": top, "next": nxt}}})
+
+    run(res / "lc", 0, 0.035, 0.005, 0.689, 0.0)
+    run(res / "lc" / "seeds" / "1", None, 0.016, 0.0046, 0.760, 0.990, tags=("coverage_class_outside",))
+    run(res / "clean", None, 0.019, 0.019, 0.836, 0.016)
+    lines = guard_table(res, ["lc"]).splitlines()
+    assert lines[2] == ("| LC | 0 | 0.035 (bar 0.03) | 0.005 | 7.0x | class 0 (the target) "
+                        "| 0.689 / 0.000 | 0.689 / 0.000 |")
+    assert lines[3] == ("| LC | 1 | 0.016 (bar 0.03) | 0.005 | 3.5x | declines | 0.760 / 0.990 "
+                        "| not run |")
+    assert lines[4].startswith("| clean model | 0 | 0.019 (bar 0.03) | 0.019 | 1.0x | declines |")
+    assert lines[-1] == ("Suspect class's coverage: backdoored models 0.016 (LC 1) to 0.035 (LC 0), "
+                         "2 runs; clean models 0.019 (clean 0) to 0.019 (clean 0), 1 run.")
+
+
 def test_a_missing_block_is_an_error_not_a_skip():
     with pytest.raises(ValueError, match="report:claims"):
         fill_blocks("no markers here", {"claims": "| x |"})
