@@ -213,11 +213,10 @@ class ModelStore:
 
     def load(self) -> dict:
         saved = load_torch(self.path, hint=self._hint())
-        bad = [k for k, v in saved["state_dict"].items()
-               if v.is_floating_point() and not v.isfinite().all()]
-        if bad:
-            raise DamagedFileError(self.path, f"non-finite weights in {bad[:3]}", self._hint())
         state = saved.get("attack_state", {})
+        for what, tensors in (("weights", saved["state_dict"]), ("attack state", state)):
+            if bad := _non_finite(tensors):
+                raise DamagedFileError(self.path, f"non-finite {what} in {bad[:3]}", self._hint())
         if state and tensors_sha256(state) != saved.get("attack_sha256"):
             raise DamagedFileError(self.path, "its attack state does not match its checksum",
                                    self._hint())
@@ -230,12 +229,21 @@ class ModelStore:
 
     def save(self, value: dict, key: str) -> dict:
         state, attack_state = value["state_dict"], value["attack_state"]
+        for what, tensors in (("weights", state), ("attack state", attack_state or {})):
+            if bad := _non_finite(tensors):  # stored, they would give other numbers than measured
+                raise ValueError(f"not storing {self.path}: non-finite {what} in {bad[:3]} "
+                                 "(an overflow of the stored precision, or a diverged run)")
         save_torch({"config_hash": key, "config": value["record"]["config"], "state_dict": state,
                     "sha256": tensors_sha256(state),
                     **({"attack_state": attack_state, "attack_sha256": tensors_sha256(attack_state)}
                        if attack_state else {})}, self.path)
         write_json(self.out / "none.json", value["record"])
         return self.load()
+
+
+def _non_finite(tensors: dict) -> list[str]:
+    """The names of ``tensors``' floating tensors that hold an inf or a NaN."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
 
 
 def _conflict(model_path: Path, key: str):

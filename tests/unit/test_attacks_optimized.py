@@ -196,7 +196,24 @@ def test_inputaware_materializes_poison_and_cross_samples_and_stores_its_state()
     again = InputAware(mask_epochs=2, width=4).with_state(trained.attack_state())
     q = again.poison_train(ds, generator=torch.Generator().manual_seed(0))
     assert torch.equal(p.images, q.images)  # the stored state makes the same sets
-    assert all(v.dtype in (torch.float16, torch.int64) for v in trained.attack_state().values())
+    assert all(v.dtype in (torch.float32, torch.int64) for v in trained.attack_state().values())
+
+
+def test_input_aware_keeps_a_generator_beyond_float16s_range():
+    """G's BatchNorm running variances pass float16's 65,504 after training; as stored they
+    stay finite and G makes the same trigger again."""
+    from burn.attacks.inputaware import InputAware
+
+    a, ds = _fit_inputaware()
+    trained = a.training_hook(seed=0).fitted()
+    with torch.no_grad():
+        for m in trained.pattern_net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.mul_(2e5)  # a trained G's scale (1e5 on the cpu preset)
+    again = InputAware(mask_epochs=2, width=4).with_state(trained.attack_state())
+    x = ds.images[:8].float() / 255.0
+    assert torch.equal(trained.apply_trigger(x), again.apply_trigger(x))
+    assert InputAware().key_parts() == ("generators float32",)
 
 
 def test_inputaware_diversity_never_compares_an_image_with_itself():

@@ -169,3 +169,24 @@ def test_optimized_attacks_run_end_to_end_and_reload_the_same_sets(tmp_path, att
     from burn.experiment import measure_stored
 
     assert measure_stored(again)["agree"]
+
+
+def test_a_model_with_a_non_finite_attack_state_is_neither_stored_nor_loaded(tmp_path):
+    """An attack state that overflowed its stored precision would make other poisoned images
+    than those measured: the store refuses to write it, and refuses a file that holds one."""
+    from burn.cache import save_torch, tensors_sha256
+    from burn.cache import DamagedFileError
+    from burn.experiment import ModelStore
+
+    store = ModelStore(tmp_path)
+    state = {"w": torch.ones(2, dtype=torch.float16)}
+    bad = {"pattern.net.1.running_var": torch.tensor([1.0, float("inf")])}
+    record = {"config": {}, "config_hash": "k"}
+    with pytest.raises(ValueError, match="non-finite attack state in .'pattern.net.1.running_var'"):
+        store.save({"record": record, "state_dict": state, "attack_state": bad}, "k")
+    assert not (tmp_path / "model.pt").exists()
+    save_torch({"config_hash": "k", "state_dict": state, "attack_state": bad,
+                "attack_sha256": tensors_sha256(bad)}, tmp_path / "model.pt")
+    (tmp_path / "none.json").write_text(json.dumps(record))
+    with pytest.raises(DamagedFileError, match="non-finite attack state"):
+        store.load()

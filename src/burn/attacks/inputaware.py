@@ -11,8 +11,8 @@ thresholded mask ``m = tanh(20 M(x) - 10) / 2 + 0.5``, so each image gets its ow
 2. The classifier and G train together (``custom_training``): per batch, ``rate`` of the
    samples get their own pattern and the target label, as many "cross" samples get another
    image's pattern and keep their label, and a diversity term keeps patterns image-specific.
-3. The training and test sets are then materialized once with the final G and M (float16
-   weights, as committed), so DeepFool and every defense see fixed images.
+3. The training and test sets are then materialized once with the final G and M (as stored,
+   in ``GENERATOR_DTYPE``), so DeepFool and every defense see fixed images.
 """
 
 from __future__ import annotations
@@ -78,13 +78,11 @@ def blend(x: Tensor, pattern: Tensor, mask: Tensor) -> Tensor:
     return x + (pattern - x) * mask
 
 
-def _half_round(net: nn.Module) -> nn.Module:
-    """Round the float weights of ``net`` to float16 in place (the precision they are stored in)."""
-    with torch.no_grad():
-        for t in list(net.parameters()) + list(net.buffers()):
-            if t.is_floating_point():
-                t.copy_(t.half().float())
-    return net
+# The precision the generators are stored in. Not float16: after training, G's BatchNorm
+# running variances reach 1e5, beyond float16's 65,504; stored as inf they turn those channels
+# constant and G makes another trigger than the one the model learned
+# (docs/findings/seeds.md, "Input-aware's stored generator").
+GENERATOR_DTYPE = torch.float32
 
 
 class Normalized(nn.Module):
@@ -230,14 +228,14 @@ class InputAware(Attack):
 
     # ------------------------------------------------------------------- stored state
     def attack_state(self) -> dict:
-        """The generators' weights, float16, to store beside the model."""
-        return {f"{n}.{k}": (v.half() if v.is_floating_point() else v).cpu()
+        """The generators' weights, in ``GENERATOR_DTYPE``, to store beside the model."""
+        return {f"{n}.{k}": (v.to(GENERATOR_DTYPE) if v.is_floating_point() else v).cpu()
                 for n, net in (("mask", self.mask_net), ("pattern", self.pattern_net))
                 if net is not None for k, v in net.state_dict().items()}
 
     def with_state(self, state: dict) -> "InputAware":
-        """The attack with generators loaded from ``attack_state()`` (float16 -> float32);
-        a state from before training holds the mask net alone."""
+        """The attack with generators loaded from ``attack_state()`` (as float32); a state from
+        before training holds the mask net alone."""
         nets = {"mask": None, "pattern": None}
         for name, ch in (("mask", 1), ("pattern", 3)):
             part = {k[len(name) + 1:]: v.float() if v.is_floating_point() else v
@@ -248,6 +246,11 @@ class InputAware(Attack):
             net.load_state_dict(part)
             nets[name] = net.eval().requires_grad_(False)
         return dataclasses.replace(self, mask_net=nets["mask"], pattern_net=nets["pattern"])
+
+    def key_parts(self) -> tuple:
+        """The poisoned images are made by the stored generators: their precision is in the
+        attacked model's key (models stored with float16 generators are another key)."""
+        return (f"generators {str(GENERATOR_DTYPE).removeprefix('torch.')}",)
 
     def describe(self) -> dict:
         return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -299,6 +302,6 @@ class InputAwareTraining:
         self.opt.load_state_dict(state["opt"])
 
     def fitted(self) -> InputAware:
-        """The attack with the trained G and M rounded to float16, the precision stored."""
+        """The attack with the trained G and M as stored (``attack_state``)."""
         a = dataclasses.replace(self.attack, pattern_net=self.pattern)
         return a.with_state(a.attack_state())
