@@ -77,6 +77,22 @@ def test_the_guard_table_says_where_each_run_lies_from_the_bar(tmp_path):
                          "2 runs; clean models 0.019 (clean 0) to 0.019 (clean 0), 1 run.")
 
 
+def test_tables_made_from_a_model_no_longer_stored_are_named_stale(tmp_path):
+    from burn.cache import write_json
+    from burn.report import _stale_lines, stale_tables
+
+    res = tmp_path / "mine" / "cifar10"
+    write_json(res / "table1_boundary_distance.csv.json",
+               {"config": {"attack_config_hashes": {"badnets": "aaa", "inputaware": "old", "lc": "ccc"}}})
+    write_json(res / "badnets" / "none.json", {"config_hash": "aaa"})
+    write_json(res / "lc" / "none.json", {"config_hash": "new"})
+    assert stale_tables(res) == {"inputaware": ("old", None, ["table1_boundary_distance"]),
+                                 "lc": ("ccc", "new", ["table1_boundary_distance"])}
+    assert _stale_lines(res)[0].startswith("- **Dynamic: stale.** `table1_boundary_distance` were "
+                                           "made from its model `old`, which is no longer the "
+                                           "stored one (none is stored)")
+
+
 def test_a_missing_block_is_an_error_not_a_skip():
     with pytest.raises(ValueError, match="report:claims"):
         fill_blocks("no markers here", {"claims": "| x |"})
