@@ -93,6 +93,21 @@ def test_tables_made_from_a_model_no_longer_stored_are_named_stale(tmp_path):
                                            "stored one (none is stored)")
 
 
+def test_the_seeds_block_reads_the_records_of_each_seeds_stored_model(tmp_path):
+    from burn.cache import write_json
+    from burn.report import seed_records
+
+    res = tmp_path / "mine" / "cifar10"
+    write_json(res / "lf" / "none.json", {"acc": 0.82, "asr": 0.96, "config_hash": "m0"})
+    write_json(res / "lf" / "burn.json", {"acc": 0.77, "asr": 0.05, "attack_config_hash": "m0"})
+    write_json(res / "lf" / "seeds" / "4" / "none.json", {"acc": 0.81, "asr": 0.95, "config_hash": "m4"})
+    write_json(res / "lf" / "seeds" / "4" / "burn.json", {"acc": 0.5, "asr": 0.9, "attack_config_hash": "old"})
+    write_json(res / "ia" / "burn.json", {"acc": 0.6, "asr": 0.4, "attack_config_hash": "x"})  # no model
+    df = seed_records(res, ["lf", "ia"])
+    assert df.values.tolist() == [["lf", "none", 0, 0.82, 0.96], ["lf", "burn", 0, 0.77, 0.05],
+                                  ["lf", "none", 4, 0.81, 0.95]]
+
+
 def test_a_missing_block_is_an_error_not_a_skip():
     with pytest.raises(ValueError, match="report:claims"):
         fill_blocks("no markers here", {"claims": "| x |"})
