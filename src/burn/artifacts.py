@@ -315,15 +315,29 @@ def unlearning_budget(run: AttackRun, *, budgets=(0, 5, 10, 20, 30, 50, 100, 200
     return pd.DataFrame(rows).astype({"label_is_true": float})
 
 
+def model_record(path: Path) -> dict | None:
+    """The record at ``path`` where it belongs to the model stored beside it: the attacked
+    model's ``none.json`` itself, or a run made on that model (its ``attack_config_hash``); a
+    run left from another model (one trained again since) is not that model's: None."""
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if path.name == "none.json":
+        return record
+    model = path.parent / "none.json"
+    same = model.is_file() and record.get("attack_config_hash") == read_json(model).get("config_hash")
+    return record if same else None
+
+
 def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=PAPER_DEFENSES,
                      *, results_root=None) -> tuple[pd.DataFrame, list[str]]:
     """Fig. 4: ACC and ASR of every (attack, defense) whose results exist, plus the attacked
     model (defense "none"). Runs with non-default options (``<defense>_<tag>.json``: Burn's
     suspect-class selection, FP's and ANP's BackdoorBench test-set rule) are added as defense
     ``<defense>:<tag>`` with ``opt_in`` true, beside the default, never in its place. Other
-    seeds' records (``seeds/<n>/``) are rows of their ``seed``. Returns
-    the table and the list of missing combinations, which the figure names instead of faking
-    them."""
+    seeds' records (``seeds/<n>/``) are rows of their ``seed``; a record made on another model
+    than the one stored beside it is left out. Returns the table and the list of missing
+    combinations, which the figure names instead of faking them."""
     rows, missing = [], []
     for a in attacks:
         d = results_dir(artifact_cfg(preset, dataset, a), results_root)
@@ -338,8 +352,7 @@ def defense_tradeoff(preset: str, dataset: str, attacks=PAPER_ATTACKS, defenses=
             seeds = [(0, f)] + sorted((int(p.parent.name), p) for p in d.glob(f"seeds/*/{f.name}")
                                       if p.parent.name.isdigit())
             for seed, path in seeds:
-                if path.is_file():
-                    r = read_json(path)
+                if (r := model_record(path)) is not None:
                     rows.append({"attack": a, "defense": defense, "opt_in": opt_in, "seed": seed,
                                  "acc": r["acc"], "asr": r["asr"], "ra": r["ra"]})
     return pd.DataFrame(rows, columns=["attack", "defense", "opt_in", "seed", "acc", "asr", "ra"]), missing

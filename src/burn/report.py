@@ -372,17 +372,14 @@ def seed_records(res: Path, attacks: list[str]) -> pd.DataFrame:
     """Fig. 4's columns for each seed's attacked model and Burn runs of ``SEED_RUNS``, read
     from the records, so a seed shows as soon as it is committed; a run made on another model
     than the seed's stored one (its ``attack_config_hash``) is left out."""
-    from .cache import read_json
+    from .artifacts import model_record
     from .verdicts import artifact_dir
 
     rows = []
     for a in attacks:
         for seed, d in seed_dirs(artifact_dir(res, a)).items():
-            key = read_json(d / "none.json").get("config_hash")
             for defense in ("none", *SEED_RUNS):
-                f = d / f"{defense.replace(':', '_')}.json"
-                r = read_json(f) if f.is_file() else None
-                if r and (defense == "none" or r.get("attack_config_hash") == key):
+                if r := model_record(d / f"{defense.replace(':', '_')}.json"):
                     rows.append({"attack": a, "defense": defense, "seed": seed,
                                  "acc": r["acc"], "asr": r["asr"]})
     return pd.DataFrame(rows, columns=["attack", "defense", "seed", "acc", "asr"])
@@ -399,15 +396,14 @@ def burn_trace_table(res: Path, attacks: list[str]) -> str:
     """Per attack and seed, how Burn with the paper's defaults went, from each run's
     ``burn.json``: the attacked model, how well the distance separates the poison, what
     phase 1's ``P_0`` holds and does, the poisoned samples each clean set ``C_t`` took, the end."""
-    from .cache import read_json
+    from .artifacts import model_record
     from .verdicts import artifact_dir
 
     rows = []
     for a in attacks:
         for seed, d in seed_dirs(artifact_dir(res, a)).items():
-            if not (d / "burn.json").is_file():
+            if not (r := model_record(d / "burn.json")):
                 continue
-            r = read_json(d / "burn.json")
             its, df = r["report"]["iterations"], r.get("deepfool", {})
             first, last = its[0], its[-1]
             to_target = first.get("poison_set_label_counts", {}).get(str(r["config"]["attack"]["target"]), 0)
@@ -431,13 +427,13 @@ def guard_table(res: Path, attacks: list[str]) -> str:
     """Per attack (and the clean model) and seed, what the two opt-ins' guard read: the
     suspect class's coverage against ``min_coverage`` and the next class's, whether Burn
     acted, and each opt-in's ACC / ASR, from ``burn_coverage_class_*.json``."""
-    from .cache import read_json
+    from .artifacts import model_record
     from .verdicts import artifact_dir
 
     rows, seen = [], []
     for a in [*attacks, "clean"]:
         for seed, d in seed_dirs(artifact_dir(res, a)).items():
-            recs = {t: read_json(f) for t in GUARDED_RUNS if (f := d / f"burn_{t}.json").is_file()}
+            recs = {t: r for t in GUARDED_RUNS if (r := model_record(d / f"burn_{t}.json"))}
             if not recs:
                 continue
             r = next(iter(recs.values()))
@@ -563,8 +559,8 @@ SEED_MEASURES = {
 
 def seed_table(run_dirs: dict[str, Path]) -> pd.DataFrame:
     """One row per (attack, seed, measure) that a record holds: the attacked model, the
-    distance's separation, and the ACC / ASR of each Burn run."""
-    from .cache import read_json
+    distance's separation, and the ACC / ASR of each Burn run (runs made on the stored model)."""
+    from .artifacts import model_record
 
     measures = dict(SEED_MEASURES)
     for tag, label in BURN_RUNS.items():
@@ -575,9 +571,8 @@ def seed_table(run_dirs: dict[str, Path]) -> pd.DataFrame:
         for seed, d in seed_dirs(run_dir).items():
             records = {}
             for measure, (stem, name) in measures.items():
-                f = d / f"{stem}.json"
                 if stem not in records:
-                    records[stem] = read_json(f) if f.is_file() else None
+                    records[stem] = model_record(d / f"{stem}.json")
                 v = record_field(records[stem], name) if records[stem] else None
                 if v is not None:
                     rows.append({"attack": attack, "seed": seed, "measure": measure, "value": float(v)})

@@ -69,12 +69,11 @@ class Evidence:
 
     def over_seeds(self, attack: str, stem: str, name: str) -> OverSeeds:
         """Field ``name`` of record ``<stem>.json`` over the attack's seeds."""
-        from .cache import read_json
+        from .artifacts import model_record
 
         pairs = []
         for seed, d in seed_dirs(artifact_dir(self.res, attack)).items():
-            f = d / f"{stem}.json"
-            pairs.append((seed, record_field(read_json(f), name) if f.is_file() else None))
+            pairs.append((seed, record_field(model_record(d / f"{stem}.json"), name)))
         return over_seeds(pairs)
 
 

@@ -6,16 +6,20 @@ from burn.cache import write_json
 
 def test_defense_tradeoff_reads_results_and_names_missing(tmp_path):
     d = tmp_path / "smoke" / "synthetic" / "badnets"
-    write_json(d / "none.json", {"acc": 0.82, "asr": 0.94, "ra": 0.05})
-    write_json(d / "burn.json", {"acc": 0.15, "asr": 0.99, "ra": 0.0})
-    write_json(d / "burn_suspect_class.json", {"acc": 0.74, "asr": 0.0002, "ra": 0.81})
-    write_json(d / "nad_test_set.json", {"acc": 0.7, "asr": 0.1, "ra": 0.6})  # a named option
-    write_json(d / "seeds" / "1" / "burn.json", {"acc": 0.2, "asr": 0.9, "ra": 0.0})  # another seed
+    on = {"attack_config_hash": "m0"}  # made on the model stored beside it
+    write_json(d / "none.json", {"acc": 0.82, "asr": 0.94, "ra": 0.05, "config_hash": "m0"})
+    write_json(d / "burn.json", {"acc": 0.15, "asr": 0.99, "ra": 0.0, **on})
+    write_json(d / "burn_suspect_class.json", {"acc": 0.74, "asr": 0.0002, "ra": 0.81, **on})
+    write_json(d / "nad_test_set.json", {"acc": 0.7, "asr": 0.1, "ra": 0.6, **on})  # a named option
+    # a record left from another model (one trained again since) is not this model's
+    write_json(d / "burn_random.json", {"acc": 0.5, "asr": 0.5, "ra": 0.5, "attack_config_hash": "old"})
+    write_json(d / "seeds" / "1" / "none.json", {"acc": 0.8, "asr": 0.9, "ra": 0.1, "config_hash": "m1"})
+    write_json(d / "seeds" / "1" / "burn.json", {"acc": 0.2, "asr": 0.9, "ra": 0.0, "attack_config_hash": "m1"})
     df, missing = defense_tradeoff("smoke", "synthetic", ["badnets", "blended"], ["burn", "nad"],
                                    results_root=tmp_path)
     rows = {r.defense: r for r in df.itertuples() if r.seed == 0}
     assert list(rows) == ["none", "burn", "burn:suspect_class", "nad:test_set"]
-    assert df[df.seed == 1][["defense", "acc"]].values.tolist() == [["burn", 0.2]]
+    assert df[df.seed == 1][["defense", "acc"]].values.tolist() == [["none", 0.8], ["burn", 0.2]]
     assert rows["nad:test_set"].opt_in
     assert (rows["burn"].acc, rows["burn"].asr, rows["burn"].opt_in, rows["burn"].seed) == (0.15, 0.99, False, 0)
     assert (rows["burn:suspect_class"].asr, rows["burn:suspect_class"].opt_in) == (0.0002, True)
