@@ -60,6 +60,19 @@ def test_model_record_hashes_to_its_key(folder):
                                                    row["n_poisoned"], row["n_clean"], row["labels"], 0)
 
 
+@pytest.mark.parametrize("folder", MODELS, ids=_id)
+def test_a_committed_model_holds_finite_tensors_only(folder):
+    """Weights or an attack's state that overflowed their stored precision (Input-aware's
+    generators once did in float16) would make other numbers than the record's."""
+    import torch
+
+    saved = load_torch(folder / "model.pt")
+    for part in ("state_dict", "attack_state"):
+        bad = [k for k, v in saved.get(part, {}).items()
+               if v.is_floating_point() and not torch.isfinite(v).all()]
+        assert not bad, (part, bad[:3])
+
+
 @pytest.mark.parametrize("path", BURNS, ids=_id)
 def test_burn_record_hashes_to_its_key(path):
     rec = read_json(path)
