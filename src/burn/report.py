@@ -176,14 +176,16 @@ def stale_tables(res: Path) -> dict[str, tuple[str, str | None, list[str]]]:
     from .cache import read_json
     from .verdicts import artifact_dir
 
+    used = {side.name.removesuffix(".csv.json"):
+            (read_json(side).get("config") or {}).get("attack_config_hashes") or {}
+            for side in sorted(res.glob("*.csv.json"))}
+    records = {a: artifact_dir(res, a) / "none.json" for keys in used.values() for a in keys}
+    now = {a: read_json(r).get("config_hash") if r.is_file() else None for a, r in records.items()}
     stale: dict[str, tuple[str, str | None, list[str]]] = {}
-    for side in sorted(res.glob("*.csv.json")):
-        used = (read_json(side).get("config") or {}).get("attack_config_hashes") or {}
-        for attack, key in used.items():
-            rec = artifact_dir(res, attack) / "none.json"
-            now = read_json(rec).get("config_hash") if rec.is_file() else None
-            if now != key:
-                stale.setdefault(attack, (key, now, []))[2].append(side.name.removesuffix(".csv.json"))
+    for table, keys in used.items():
+        for attack, key in keys.items():
+            if now[attack] != key:
+                stale.setdefault(attack, (key, now[attack], []))[2].append(table)
     return stale
 
 
@@ -336,8 +338,9 @@ def _seeds_cell(df: pd.DataFrame, attack: str, run: str, seeds=None) -> str:
 
 
 def seeds_table(df: pd.DataFrame, attacks: list[str]) -> str:
-    """Per attack, Burn's ASR over seeds (Fig. 4's table ``df``) for each run of ``SEED_RUNS``
-    (removed: ASR <= ``REMOVED_AT``), and the opt-ins on ``HELD_OUT_SEEDS`` alone."""
+    """Per attack, Burn's ASR over seeds (``df``: ``seed_records``, Fig. 4's columns) for each
+    run of ``SEED_RUNS`` (removed: ASR <= ``REMOVED_AT``), and the opt-ins on ``HELD_OUT_SEEDS``
+    alone."""
     held = [r for r in SEED_RUNS if r in CHOSEN_ON]
     header = ["removed in k of n seeds (exact 95% interval of the rate): each seed's ASR", *SEED_RUNS.values(),
               *[f"{SEED_RUNS[r].split(' (')[0]}, seeds {HELD_OUT_SEEDS[0]}-{HELD_OUT_SEEDS[-1]} only"
@@ -348,9 +351,9 @@ def seeds_table(df: pd.DataFrame, attacks: list[str]) -> str:
 
 
 def seed_sentences(df: pd.DataFrame, attacks: list[str]) -> str:
-    """One sentence per run of ``SEED_RUNS`` (Fig. 4's table ``df``): in how many seeds of each
-    attack it removes the backdoor, and the ACC it costs over all those runs (median [range],
-    points)."""
+    """One sentence per run of ``SEED_RUNS`` (``df``: ``seed_records``): in how many seeds of
+    each attack it removes the backdoor, and the ACC it costs over all those runs (median
+    [range], points)."""
     from .verdicts import burn_over_seeds
 
     lines = []
