@@ -320,9 +320,10 @@ CHOSEN_ON = {"burn:coverage_class_outside": "the coverage threshold set on the c
 HELD_OUT_SEEDS = (3, 4)
 
 
-def _seeds_cell(df: pd.DataFrame, attack: str, run: str, seeds=None) -> str:
+def _seeds_cell(df: pd.DataFrame, attack: str, run: str, seeds=None, values: bool = True) -> str:
     """``**2 of 3** (0.09-0.99): 0.051, 0.216, 0.061; median 0.061 [0.051, 0.216]``, or ``... 0.000
-    on every seed`` where every seed has the same value."""
+    on every seed`` where every seed has the same value; only ``**2 of 3** (0.09-0.99)`` without
+    ``values``."""
     from .verdicts import burn_over_seeds
 
     asr, _ = burn_over_seeds(df, attack, run, seeds)
@@ -330,6 +331,8 @@ def _seeds_cell(df: pd.DataFrame, attack: str, run: str, seeds=None) -> str:
         return "not run"
     ci = asr.rate_interval()
     k = f"**{asr.count()} of {asr.n}**" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+    if not values:
+        return k
     lo, hi = asr.range()
     if asr.n > 1 and f"{lo:.3f}" == f"{hi:.3f}":
         return f"{k}: {lo:.3f} on every seed"
@@ -339,14 +342,14 @@ def _seeds_cell(df: pd.DataFrame, attack: str, run: str, seeds=None) -> str:
 
 def seeds_table(df: pd.DataFrame, attacks: list[str]) -> str:
     """Per attack, Burn's ASR over seeds (``df``: ``seed_records``, Fig. 4's columns) for each
-    run of ``SEED_RUNS`` (removed: ASR <= ``REMOVED_AT``), and the opt-ins on ``HELD_OUT_SEEDS``
-    alone."""
+    run of ``SEED_RUNS`` (removed: ASR <= ``REMOVED_AT``), and the opt-ins' k of n on
+    ``HELD_OUT_SEEDS`` alone (their ASRs are the last of the row's)."""
     held = [r for r in SEED_RUNS if r in CHOSEN_ON]
     header = ["removed in k of n seeds (exact 95% interval of the rate): each seed's ASR", *SEED_RUNS.values(),
               *[f"{SEED_RUNS[r].split(' (')[0]}, seeds {HELD_OUT_SEEDS[0]}-{HELD_OUT_SEEDS[-1]} only"
                 for r in held]]
     rows = [[attack_label(a), *[_seeds_cell(df, a, r) for r in SEED_RUNS],
-             *[_seeds_cell(df, a, r, HELD_OUT_SEEDS) for r in held]] for a in attacks]
+             *[_seeds_cell(df, a, r, HELD_OUT_SEEDS, values=False) for r in held]] for a in attacks]
     return _md(header, rows)
 
 

@@ -150,6 +150,8 @@ def test_the_seeds_table_counts_each_run_and_the_held_out_seeds_apart():
     assert _seeds_cell(df, "lf", "burn") == ("**3 of 5** (0.15-0.95): 0.050, 0.200, 0.020, 0.500, 0.010; "
                                              "median 0.050 [0.010, 0.500]")
     assert _seeds_cell(df, "lf", "burn", (3, 4)) == "**1 of 2**: 0.500, 0.010; median 0.255 [0.010, 0.500]"
+    assert _seeds_cell(df, "lf", "burn", (3, 4), values=False) == "**1 of 2**"
+    assert _seeds_cell(df, "lf", "burn", values=False) == "**3 of 5** (0.15-0.95)"
     assert _seeds_cell(df, "lf", "burn:other") == "not run"
     same = df.assign(asr=[0.9] * 5 + [0.0] * 5)
     assert _seeds_cell(same, "lf", "burn") == "**5 of 5** (0.48-1.00): 0.000 on every seed"
