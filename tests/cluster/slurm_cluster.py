@@ -23,6 +23,9 @@ from pathlib import Path
 
 PACKAGES = ("slurm-wlm", "slurmdbd", "mariadb-server", "munge")
 DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd")
+# the states a job ends in (sacct's names); any other is still moving
+FINAL_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                          "PREEMPTED", "BOOT_FAIL", "DEADLINE"})
 CLIENTS = ("sbatch", "sacct", "sacctmgr", "scancel", "squeue", "sinfo", "scontrol", "mariadb")
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 CLUSTER = "burntest"
@@ -200,10 +203,23 @@ class Cluster:
             time.sleep(0.5)
         return time.monotonic() - t0
 
-    def states(self, job_ids) -> dict[str, str]:
-        """``sacct``'s state of each task of ``job_ids`` (array tasks one by one)."""
-        out = self.run("sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j",
-                       ",".join(sorted({str(j).split("_")[0] for j in job_ids}))).stdout
+    def states(self, job_ids, timeout: float = 60) -> dict[str, str]:
+        """``sacct``'s final state of each task of ``job_ids`` (array tasks one by one). The
+        accounting daemon records a job's end after ``squeue`` stops listing it, so this reads
+        again until no task is pending or running; raises after ``timeout``."""
+        jobs = {str(j).split("_")[0] for j in job_ids}
+        t0 = time.monotonic()
+        while True:
+            states = self._sacct_states(jobs)
+            seen = {k.split("_")[0] for k in states}
+            if seen >= jobs and FINAL_STATES.issuperset(states.values()):
+                return states
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"job states not final after {timeout} s: {states}")
+            time.sleep(0.5)
+
+    def _sacct_states(self, jobs: set[str]) -> dict[str, str]:
+        out = self.run("sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(sorted(jobs))).stdout
         states = {}
         for line in out.splitlines():
             job, state = line.split("|")[0], line.split("|")[1].split()[0]
