@@ -203,7 +203,7 @@ def _fig5(ev: Evidence, df: pd.DataFrame):
 def burn_over_seeds(df: pd.DataFrame, attack: str, defense: str = "burn",
                     seeds=None) -> tuple[OverSeeds, OverSeeds]:
     """(ASR, ACC lost against the attacked model of the same seed) of ``defense`` on
-    ``attack`` over the seeds of Fig. 4's table (``seeds``: only these)."""
+    ``attack`` over the seeds of ``df`` (Fig. 4's columns; ``seeds``: only these)."""
     rows = df[(df["attack"] == attack)]
     base = rows[rows["defense"] == "none"].set_index("seed")["acc"]
     run = rows[rows["defense"] == defense]
@@ -233,11 +233,14 @@ def _fig4(ev: Evidence, df: pd.DataFrame):
     removed0 = [a for a in attacks if a in zero.index and within(zero.loc[a, "asr"])]
     ours = (f"ASR <= {REMOVED_AT:.2f} on {len(removed0)} of {len(zero)} attacks ("
             + (", ".join(attack_label(a) for a in removed0) or "none") + ")")
-    parts, most = [], 0
+    from .report import seed_records
+
+    records, parts, most = seed_records(ev.res, attacks), [], 0  # the seeds as committed now
     for a in attacks:
-        asr, lost = burn_over_seeds(df, a)
+        asr, lost = burn_over_seeds(records, a)
         most += 2 * asr.count() > asr.n
-        parts.append(f"{attack_label(a)}: {removed_text(asr)}, ACC lost {lost.median_text('.1f')} points")
+        parts.append(f"{attack_label(a)}: {removed_text(asr)}"
+                     + (f", ACC lost {lost.median_text('.1f')} points" if lost.n else ""))
     seeds = "; ".join(parts)
     return ours, seeds, verdict_of(most, len(attacks))
 

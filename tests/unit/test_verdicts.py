@@ -65,15 +65,28 @@ def test_a_claim_without_its_table_is_not_run(tmp_path):
     assert v.verdict == NOT_RUN and v.ours == "not run yet"
 
 
-def test_fig4_counts_an_attack_removed_in_most_of_its_seeds(tmp_path):
-    rows = [("lf", "none", s, 0.8, 0.95) for s in range(3)] + \
-        [("lf", "burn", 0, 0.75, 0.05), ("lf", "burn", 1, 0.7, 0.3), ("lf", "burn", 2, 0.76, 0.01),
-         ("badnets", "none", 0, 0.8, 0.9), ("badnets", "burn", 0, 0.6, 0.5)]
-    pd.DataFrame(rows, columns=["attack", "defense", "seed", "acc", "asr"]).to_csv(
+def _records(folder, acc, asr, runs=()):
+    """An attacked model's none.json in ``folder`` and its runs' records, made on it."""
+    folder.mkdir(parents=True)
+    (folder / "none.json").write_text(json.dumps({"config_hash": str(folder), "acc": acc, "asr": asr}))
+    for name, (a, r) in dict(runs).items():
+        (folder / f"{name}.json").write_text(json.dumps({"attack_config_hash": str(folder), "acc": a, "asr": r}))
+
+
+def test_fig4_counts_an_attack_removed_in_most_of_its_seeds_from_the_records(tmp_path):
+    pd.DataFrame([("lf", "none", 0, 0.8, 0.95), ("lf", "burn", 0, 0.75, 0.05), ("badnets", "none", 0, 0.8, 0.9),
+                  ("badnets", "burn", 0, 0.6, 0.5)], columns=["attack", "defense", "seed", "acc", "asr"]).to_csv(
         tmp_path / "fig4_defense_tradeoff.csv", index=False)
+    _records(tmp_path / "lf", 0.8, 0.95, {"burn": (0.75, 0.05)})
+    _records(tmp_path / "lf" / "seeds" / "1", 0.8, 0.95, {"burn": (0.7, 0.3)})
+    _records(tmp_path / "lf" / "seeds" / "2", 0.8, 0.95, {"burn": (0.76, 0.01)})
+    _records(tmp_path / "badnets", 0.8, 0.9, {"burn": (0.6, 0.5)})
     v = verdict("fig4", tmp_path)
     assert v.verdict == IN_PART and "on 1 of 2 attacks (LF)" in v.ours
     assert "removed in 2 of 3 seeds" in v.seeds and "ACC lost 5.0 [4.0, 10.0] points" in v.seeds
+    # a run left from a model trained again since is not counted
+    (tmp_path / "lf" / "seeds" / "2" / "none.json").write_text(json.dumps({"config_hash": "again", "acc": 0.8, "asr": 0.9}))
+    assert "removed in 1 of 2 seeds" in verdict("fig4", tmp_path).seeds
 
 
 def _stated(text: str) -> dict:
