@@ -283,7 +283,8 @@ class _Keyed:
 
 def stored_model_key(cfg: ExperimentCfg, root=None) -> str | None:
     """The key of the model stored for ``cfg`` when its record was made with ``cfg``'s data,
-    model, training and attack (a job still checks the full key); else None."""
+    model, training, attack and the attack's known key parts (a job still checks the full
+    key); else None."""
     from .experiment import results_dir
 
     out = results_dir(cfg, root)
@@ -296,7 +297,17 @@ def stored_model_key(cfg: ExperimentCfg, root=None) -> str | None:
     except (DamagedFileError, ConfigError, KeyError):
         return None
     same = all(_keyed(stored, s) == _keyed(cfg, s) for s in MODEL_SECTIONS)
-    return rec.get("config_hash") if same else None
+    return rec.get("config_hash") if same and _same_key_parts(cfg, rec) else None
+
+
+def _same_key_parts(cfg: ExperimentCfg, rec: dict) -> bool:
+    """Whether the stored record's ``key_parts`` are the attack's, where they are known before
+    fitting (Input-aware's generators' precision); parts known only after fitting (the clean
+    model TrojanNN's trigger was optimized on) are left to the job, which checks the full key."""
+    from .attacks import make_attack
+
+    parts = make_attack(cfg.attack).key_parts()
+    return None in parts or list(parts) == rec.get("key_parts", [])
 
 
 def _keyed(cfg: ExperimentCfg, section: str):

@@ -259,3 +259,20 @@ def test_local_order_finishes_stored_models_first_then_goes_depth_first():
             Job("ftsam", None, "b", defense="ftsam"), Job("sau", None, "c", defense="sau")]
     assert [j.name for j in run_order(jobs)] == ["c:burn", "c:sau", "a:model", "a:burn",
                                                  "b:model", "b:ftsam"]
+
+
+def test_a_stored_model_of_other_known_key_parts_is_not_counted_as_stored(tmp_path):
+    # Input-aware's record names its generators' precision; one stored before (float16, no
+    # key_parts) is another model, which the dry run lists as to run
+    from burn.config import PROJECT_ROOT, artifact_cfg
+    from burn.sweep import stored_model_key
+
+    cfg = artifact_cfg("cpu", "cifar10", "inputaware")
+    rec = json.loads((PROJECT_ROOT / "results" / "cpu" / "cifar10" / "inputaware" / "none.json").read_text())
+    out = tmp_path / "cpu" / "cifar10" / "inputaware"
+    out.mkdir(parents=True)
+    (out / "model.pt").write_bytes(b"")
+    (out / "none.json").write_text(json.dumps(rec))
+    assert stored_model_key(cfg, tmp_path) == rec["config_hash"]
+    (out / "none.json").write_text(json.dumps({k: v for k, v in rec.items() if k != "key_parts"}))
+    assert stored_model_key(cfg, tmp_path) is None
