@@ -92,11 +92,16 @@ def table1_figure(df: pd.DataFrame, dataset: str) -> plt.Figure:
     axes[1].axhline(1.0, color="grey", lw=1, ls="--")
     axes[1].set(ylabel="poisoned / clean distance", xlabel="attack", title="Ratio, ours vs the paper")
     for ax in axes:  # slanted attack names (eight groups overlap flat); legends below the names
-        ax.tick_params(axis="x", labelrotation=35)
-        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+        _slant_names(ax)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def _slant_names(ax) -> None:
+    """The x tick labels slanted, each ending under its group."""
+    ax.tick_params(axis="x", labelrotation=35)
+    plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
 
 
 def fig1_figure(df: pd.DataFrame, example: dict | None, dataset: str) -> plt.Figure:
@@ -120,6 +125,7 @@ def fig1_figure(df: pd.DataFrame, example: dict | None, dataset: str) -> plt.Fig
                                      "cos_clean_perturbed": "x vs T(x)+DeepFool"})
     long["attack"] = long["attack"].map(_attack_label)
     sns.boxplot(long, x="attack", y="cosine", hue="pair", ax=ax, fliersize=1)
+    _slant_names(ax)  # seven names side by side overlap
     ax.set(ylabel="cosine similarity of\npenultimate features", xlabel="attack",
            title=f"{len(df) // max(df['attack'].nunique(), 1)} images per attack {_paren(dataset)}")
     ax.legend(fontsize=8)
