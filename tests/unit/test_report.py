@@ -117,7 +117,7 @@ def test_a_missing_block_is_an_error_not_a_skip():
 
 def test_seed_summaries_from_records_under_seeds(tmp_path):
     from burn.cache import write_json
-    from burn.report import seed_groups, seed_summaries, seed_table
+    from burn.report import fig5_seed0, seed_groups, seed_summaries, seed_table
 
     run = tmp_path / "lf"
     for seed, (acc, asr) in {0: (0.77, 0.05), 1: (0.75, 0.20), 2: (0.79, 0.02)}.items():
@@ -138,6 +138,16 @@ def test_seed_summaries_from_records_under_seeds(tmp_path):
     assert top.removed == ""
     ratio = df[(df.attack == "lf") & df.measure.str.startswith("Table 1")].iloc[0]
     assert ratio.n == 3 and ratio.median_range == "1.900 [1.900, 1.900]"
+    mis = df[(df.attack == "lf") & (df.measure == "top-0.5% mislabeled precision")]
+    assert mis.empty  # no record has it
+    (tmp_path / "fig5_filtering.csv").write_text("attack,top0.5pct_mislabeled_precision\nlf,0.4\n")
+    seed0 = fig5_seed0(tmp_path)
+    assert seed0 == {("lf", "top-0.5% mislabeled precision"): 0.4}
+    write_json(run / "seeds" / "1" / "burn.json", {"acc": 0.75, "asr": 0.20,
+                                                    "deepfool": {"top0.5pct_mislabeled_precision": 0.1}})
+    df = seed_summaries(seed_table(seed_groups(tmp_path)["preset"], seed0))
+    mis = df[(df.attack == "lf") & (df.measure == "top-0.5% mislabeled precision")].iloc[0]
+    assert mis.seeds == "0 1" and mis["values"] == "0.400, 0.100"  # seed 0 only: seed 2 stays unknown
 
 
 def test_the_seeds_table_counts_each_run_and_the_held_out_seeds_apart():
