@@ -412,7 +412,7 @@ def burn_trace_table(res: Path, attacks: list[str]) -> str:
                 continue
             its, df = r["report"]["iterations"], r.get("deepfool", {})
             first, last = its[0], its[-1]
-            to_target = first.get("poison_set_label_counts", {}).get(str(r["config"]["attack"]["target"]), 0)
+            to_target = _p0_to_target(r)
             in_c = [_fmt(it.get("poisoned_in_clean_set"), ",") for it in its[1:]]
             if in_c:
                 in_c[-1] += f" of {last['n_clean_set']:,}"
@@ -424,6 +424,18 @@ def burn_trace_table(res: Path, attacks: list[str]) -> str:
     return _md(["attack", "seed", "attacked model", "AUROC", "top 0.5% (`P_0`): triggered; mislabeled",
                 "`P_0` relabeled to the target", "after t = 0", "poisoned samples in `C_1`, ..., `C_5`",
                 "Burn, final"], rows)
+
+
+def _p0_to_target(r: dict) -> int:
+    """How many of phase 1's ``P_0`` a Burn run's record relabeled to the attack's target."""
+    first = r["report"]["iterations"][0]
+    return first.get("poison_set_label_counts", {}).get(str(r["config"]["attack"]["target"]), 0)
+
+
+def _guard_read(r: dict) -> tuple[float | None, float | None, float]:
+    """A guarded Burn run's suspect-class coverage, the next class's, and its bar."""
+    cov = r["report"].get("coverage") or {}
+    return cov.get("suspect"), cov.get("next"), r["defense_config"]["min_coverage"]
 
 
 GUARDED_RUNS = ("coverage_class_outside", "coverage_class_distill")
@@ -443,8 +455,7 @@ def guard_table(res: Path, attacks: list[str]) -> str:
             if not recs:
                 continue
             r = next(iter(recs.values()))
-            cov, bar = r["report"].get("coverage") or {}, r["defense_config"]["min_coverage"]
-            top, nxt, suspect = cov.get("suspect"), cov.get("next"), r["report"].get("suspect_class")
+            (top, nxt, bar), suspect = _guard_read(r), r["report"].get("suspect_class")
             target = r["config"]["attack"]["target"] if a != "clean" else None
             acts = "declines" if suspect is None else \
                 f"class {suspect}" + ("" if target is None else " (the target)" if suspect == target
@@ -470,6 +481,54 @@ def _coverage_ranges(seen: list[tuple[bool, float, str]]) -> str:
             parts.append(f"{what} {vals[0][0]:.3f} ({vals[0][1]}) to {vals[-1][0]:.3f} "
                          f"({vals[-1][1]}), {len(vals)} run{'s' if len(vals) > 1 else ''}")
     return "Suspect class's coverage: " + "; ".join(parts) + "." if parts else ""
+
+
+# Two readings of seeds 0-2 written down (docs/findings/seeds.md, commit 487071c) before these
+# runs existed: they are tested on these only. P_0: a defaults run that relabels at least
+# KEEPS_FROM of P_0 to the target keeps the backdoor, at most LOSES_UP_TO loses it. Lead: act
+# where the coverage reaches the bar or leads the next class's by LEAD_RULE.
+READING_TEST_RUNS = {"inputaware": (2, 3, 4), "lc": (3, 4), "ssba": (3, 4), "trojannn": (4,), "clean": (3, 4)}
+KEEPS_FROM, LOSES_UP_TO, LEAD_RULE = 67, 57, 3.0
+
+
+def readings_table(res: Path) -> str:
+    """Each run of ``READING_TEST_RUNS`` that has landed, what the two readings said of it and
+    what it did (``burn.json`` for ``P_0``, ``burn_coverage_class_outside.json`` for the lead)."""
+    from .artifacts import model_record
+    from .verdicts import artifact_dir
+
+    rows, p0, lead = [], [0, 0], [0, 0]
+    for a, seeds in READING_TEST_RUNS.items():
+        dirs = seed_dirs(artifact_dir(res, a))
+        for seed in seeds:
+            d, name = dirs.get(seed), attack_label(a) if a != "clean" else "clean model"
+            burn = model_record(d / "burn.json") if d else None
+            guard = model_record(d / "burn_coverage_class_outside.json") if d else None
+            if not burn and not guard:
+                rows.append([name, str(seed), "not run yet", "", "", ""])
+                continue
+            said0 = did0 = "-"
+            if burn:
+                n = _p0_to_target(burn)
+                said0 = "keeps" if n >= KEEPS_FROM else "loses" if n <= LOSES_UP_TO else "no call"
+                did0 = "keeps" if not within(burn["asr"]) else "loses"
+                said0 = f"{n}: {said0}"
+                if "no call" not in said0:
+                    p0 = [p0[0] + (did0 in said0), p0[1] + 1]
+            said1, fit1 = "-", ""
+            if guard:
+                top, nxt, bar = _guard_read(guard)
+                acts = top is not None and (top >= bar or (nxt and top / nxt >= LEAD_RULE))
+                said1 = (f"{top:.3f}, {top / nxt:.1f}x: " if top is not None and nxt else "") + \
+                        ("acts" if acts else "declines")
+                right = acts != (a == "clean")
+                fit1, lead = ("as it should" if right else "wrong"), [lead[0] + right, lead[1] + 1]
+            rows.append([name, str(seed), said0, did0 + (f" ({_fmt(burn['asr'])})" if burn else ""),
+                         said1, fit1])
+    table = _md(["model", "seed", "`P_0` to the target: reading", "defaults: backdoor (ASR)", "coverage, lead: "
+                 f"bar or {LEAD_RULE:g}x", "lead rule's call"], rows)
+    return table + (f"\n\n`P_0` reading right on {p0[0]} of {p0[1]} runs it calls; the lead rule right on "
+                    f"{lead[0]} of {lead[1]}.")
 
 
 def chosen_on_lines() -> str:
@@ -512,7 +571,8 @@ def seeds_page_blocks(preset: str = README_PRESET, dataset: str = "cifar10") -> 
     """The generated blocks of the seeds page (``docs/findings/seeds.md``)."""
     res = PROJECT_ROOT / "results" / preset / dataset
     attacks = _attacks(res)
-    return {"burn_trace": burn_trace_table(res, attacks), "guard": guard_table(res, attacks)}
+    return {"burn_trace": burn_trace_table(res, attacks), "guard": guard_table(res, attacks),
+            "readings": readings_table(res)}
 
 
 def write_pages(preset: str, dataset: str = "cifar10", *, results_root=None) -> list[str]:

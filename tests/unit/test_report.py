@@ -172,3 +172,31 @@ def test_every_burn_run_of_the_readme_is_a_run_the_preset_names():
     from burn.report import BURN_RUNS, README_PRESET
 
     assert all(named_run(README_PRESET, "burn", tag) for tag in BURN_RUNS if tag)
+
+
+def test_the_readings_are_tested_on_the_runs_named_before_they_existed(tmp_path, monkeypatch):
+    import burn.report as report
+    from burn.cache import write_json
+
+    monkeypatch.setattr(report, "READING_TEST_RUNS", {"lc": (3, 4), "clean": (3,)})
+
+    def write(attack, seed, p0_target, asr, cov, nxt):
+        d = tmp_path / attack / "seeds" / str(seed)
+        write_json(d / "none.json", {"acc": 0.8, "asr": 0.9, "config_hash": "m"})
+        cfg = {"attack": {"target": 0}}
+        if attack != "clean":
+            write_json(d / "burn.json", {"acc": 0.7, "asr": asr, "attack_config_hash": "m", "config": cfg,
+                                         "report": {"iterations": [{"poison_set_label_counts": {"0": p0_target}}]}})
+        write_json(d / "burn_coverage_class_outside.json", {
+            "acc": 0.7, "asr": 0.0, "attack_config_hash": "m", "config": cfg,
+            "defense_config": {"min_coverage": 0.03}, "report": {"coverage": {"suspect": cov, "next": nxt}}})
+
+    for seed in (0, 3):  # seed 0 is not a test run: left out
+        write("lc", seed, 80, 0.001, 0.016, 0.004)  # reading says keeps, the run loses it; lead 4x acts
+    write("clean", 0, 0, 0, 0.02, 0.02)
+    write("clean", 3, 0, 0, 0.012, 0.003)  # a clean model the lead rule would act on: wrong
+    out = report.readings_table(tmp_path)
+    assert "| LC | 3 | 80: keeps | loses (0.001) | 0.016, 4.0x: acts | as it should |" in out
+    assert "| LC | 4 | not run yet |" in out and "| LC | 0 |" not in out
+    assert "| clean model | 3 | - | - | 0.012, 4.0x: acts | wrong |" in out
+    assert out.endswith("`P_0` reading right on 0 of 1 runs it calls; the lead rule right on 1 of 2.")
