@@ -174,7 +174,6 @@ def stale_tables(res: Path) -> dict[str, tuple[str, str | None, list[str]]]:
     (each table's sidecar names its models' keys): (the tables' key, the stored model's key
     or None, the tables)."""
     from .cache import read_json
-    from .verdicts import artifact_dir
 
     used = {side.name.removesuffix(".csv.json"):
             (read_json(side).get("config") or {}).get("attack_config_hashes") or {}
@@ -379,7 +378,6 @@ def seed_records(res: Path, attacks: list[str]) -> pd.DataFrame:
     from the records, so a seed shows as soon as it is committed; a run made on another model
     than the seed's stored one (its ``attack_config_hash``) is left out."""
     from .artifacts import model_record
-    from .verdicts import artifact_dir
 
     rows = []
     for a in attacks:
@@ -403,7 +401,6 @@ def burn_trace_table(res: Path, attacks: list[str]) -> str:
     ``burn.json``: the attacked model, how well the distance separates the poison, what
     phase 1's ``P_0`` holds and does, the poisoned samples each clean set ``C_t`` took, the end."""
     from .artifacts import model_record
-    from .verdicts import artifact_dir
 
     rows = []
     for a in attacks:
@@ -432,10 +429,13 @@ def _p0_to_target(r: dict) -> int:
     return first.get("poison_set_label_counts", {}).get(str(r["config"]["attack"]["target"]), 0)
 
 
-def _guard_read(r: dict) -> tuple[float | None, float | None, float]:
-    """A guarded Burn run's suspect-class coverage, the next class's, and its bar."""
+def _guard_read(r: dict) -> tuple[float | None, float | None, float | None, float]:
+    """A guarded Burn run's suspect-class coverage, the next class's, the suspect's lead over
+    it (None where either is missing or the next is 0), and its bar."""
     cov = r["report"].get("coverage") or {}
-    return cov.get("suspect"), cov.get("next"), r["defense_config"]["min_coverage"]
+    top, nxt = cov.get("suspect"), cov.get("next")
+    lead = top / nxt if top is not None and nxt else None
+    return top, nxt, lead, r["defense_config"]["min_coverage"]
 
 
 GUARDED_RUNS = ("coverage_class_outside", "coverage_class_distill")
@@ -446,7 +446,6 @@ def guard_table(res: Path, attacks: list[str]) -> str:
     suspect class's coverage against ``min_coverage`` and the next class's, whether Burn
     acted, and each opt-in's ACC / ASR, from ``burn_coverage_class_*.json``."""
     from .artifacts import model_record
-    from .verdicts import artifact_dir
 
     rows, seen = [], []
     for a in [*attacks, "clean"]:
@@ -455,12 +454,12 @@ def guard_table(res: Path, attacks: list[str]) -> str:
             if not recs:
                 continue
             r = next(iter(recs.values()))
-            (top, nxt, bar), suspect = _guard_read(r), r["report"].get("suspect_class")
+            (top, nxt, lead, bar), suspect = _guard_read(r), r["report"].get("suspect_class")
             target = r["config"]["attack"]["target"] if a != "clean" else None
             acts = "declines" if suspect is None else \
                 f"class {suspect}" + ("" if target is None else " (the target)" if suspect == target
                                       else " (not the target)")
-            ratio = "-" if top is None or not nxt else f"{top / nxt:.1f}x"
+            ratio = "-" if lead is None else f"{lead:.1f}x"
             seen.append((a == "clean", top, f"{attack_label(a) if a != 'clean' else 'clean'} {seed}"))
             rows.append([attack_label(a) if a != "clean" else "clean model", str(seed),
                          f"{_fmt(top)} (bar {bar:g})", _fmt(nxt), ratio, acts,
@@ -495,9 +494,8 @@ def readings_table(res: Path) -> str:
     """Each run of ``READING_TEST_RUNS`` that has landed, what the two readings said of it and
     what it did (``burn.json`` for ``P_0``, ``burn_coverage_class_outside.json`` for the lead)."""
     from .artifacts import model_record
-    from .verdicts import artifact_dir
 
-    rows, p0, lead = [], [0, 0], [0, 0]
+    rows, p0, rule = [], [0, 0], [0, 0]
     for a, seeds in READING_TEST_RUNS.items():
         dirs = seed_dirs(artifact_dir(res, a))
         for seed in seeds:
@@ -510,25 +508,24 @@ def readings_table(res: Path) -> str:
             said0 = did0 = "-"
             if burn:
                 n = _p0_to_target(burn)
-                said0 = "keeps" if n >= KEEPS_FROM else "loses" if n <= LOSES_UP_TO else "no call"
+                call = "keeps" if n >= KEEPS_FROM else "loses" if n <= LOSES_UP_TO else None
                 did0 = "keeps" if not within(burn["asr"]) else "loses"
-                said0 = f"{n}: {said0}"
-                if "no call" not in said0:
-                    p0 = [p0[0] + (did0 in said0), p0[1] + 1]
+                said0 = f"{n}: {call or 'no call'}"
+                if call:
+                    p0 = [p0[0] + (call == did0), p0[1] + 1]
             said1, fit1 = "-", ""
             if guard:
-                top, nxt, bar = _guard_read(guard)
-                acts = top is not None and (top >= bar or (nxt and top / nxt >= LEAD_RULE))
-                said1 = (f"{top:.3f}, {top / nxt:.1f}x: " if top is not None and nxt else "") + \
-                        ("acts" if acts else "declines")
+                top, _, lead, bar = _guard_read(guard)
+                acts = top is not None and (top >= bar or (lead or 0) >= LEAD_RULE)
+                said1 = (f"{top:.3f}, {lead:.1f}x: " if lead is not None else "") + ("acts" if acts else "declines")
                 right = acts != (a == "clean")
-                fit1, lead = ("as it should" if right else "wrong"), [lead[0] + right, lead[1] + 1]
+                fit1, rule = ("as it should" if right else "wrong"), [rule[0] + right, rule[1] + 1]
             rows.append([name, str(seed), said0, did0 + (f" ({_fmt(burn['asr'])})" if burn else ""),
                          said1, fit1])
     table = _md(["model", "seed", "`P_0` to the target: reading", "defaults: backdoor (ASR)", "coverage, lead: "
                  f"bar or {LEAD_RULE:g}x", "lead rule's call"], rows)
     return table + (f"\n\n`P_0` reading right on {p0[0]} of {p0[1]} runs it calls; the lead rule right on "
-                    f"{lead[0]} of {lead[1]}.")
+                    f"{rule[0]} of {rule[1]}.")
 
 
 def chosen_on_lines() -> str:
@@ -697,8 +694,10 @@ def seeds_section(res: Path) -> list[str]:
     if not groups:
         return lines + ["Every number above is one seed (0); no run has another seed yet "
                         "(`burn sweep experiments/sweeps/cpu.yaml`).", ""]
+    fig5 = fig5_seed0(res)
+    artifact = {a: artifact_dir(res, a) for a, _ in fig5}
     for group, dirs in groups.items():
-        seed0 = {k: v for k, v in fig5_seed0(res).items() if dirs.get(k[0]) == artifact_dir(res, k[0])}
+        seed0 = {k: v for k, v in fig5.items() if dirs.get(k[0]) == artifact[k[0]]}
         df = seed_summaries(seed_table({a: d for a, d in dirs.items() if len(seed_dirs(d)) > 1}, seed0))
         df = df[df["n"] > 1]
         lines += [f"### {group}", "", "Each seed's value, the median [range]; 'removed' counts the seeds "
