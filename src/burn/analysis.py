@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .defenses.burn import suspect_class
+from .defenses.burn import class_coverage, suspect_class
 
 
 def auroc(scores: Tensor, positives: Tensor) -> float:
@@ -119,3 +119,33 @@ def separation_summary(norms: Tensor, adv_labels: Tensor, poison_mask: Tensor,
             st = top_fraction_stats(norms.masked_fill(~in_class, float("-inf")), mislabeled, f)
             out[f"{key}_suspect_class_mislabeled_precision"] = st["precision"]
     return out
+
+
+def target_coverage(adv_labels: Tensor, given_labels: Tensor, original_labels: Tensor,
+                    poison_mask: Tensor, target: int) -> dict:
+    """Why the target label's coverage (``coverage_class``'s statistic) is what it is: for each
+    other class c, its share among the adversarial labels of the samples labeled ``target``,
+    how many of c's images were poisoned into the target and how many of those fall back to c.
+    The coverage is the smallest share, so the class holding it (``held_by``) decides whether
+    the guard acts: a class whose poisoned images fall to a neighbour instead of back to it
+    pulls the coverage under the bar however well the other classes revert."""
+    adv, given, orig = adv_labels.long(), given_labels.long(), original_labels.long()
+    under = given == target
+    mask = poison_mask.bool() & under
+    k = int(max(adv.max(), given.max(), orig.max())) + 1
+    share = torch.bincount(adv[under], minlength=k).double() / max(int(under.sum()), 1)
+    by_class = {}
+    for c in range(k):
+        if c == target:
+            continue
+        from_c = mask & (orig == c)
+        counts = torch.bincount(adv[from_c], minlength=k)
+        counts[c] = -1  # the most common adversarial label other than the true class
+        by_class[c] = {"share": float(share[c]), "poisoned": int(from_c.sum()),
+                       "reverted": int((adv[from_c] == c).sum()),
+                       "elsewhere": int(counts.argmax()), "elsewhere_n": max(int(counts.max()), 0)}
+    held_by = min(by_class, key=lambda c: by_class[c]["share"])
+    cover = class_coverage(adv, given)
+    top = max(cover, key=cover.get)
+    return {"target": target, "share": by_class[held_by]["share"], "held_by": held_by,
+            "top_label": top, "top_share": cover[top], "by_class": by_class}

@@ -209,7 +209,23 @@ def cmd_deepfool(args) -> int:
     print(f"deepfool: {d['n']} training images; mean L2 distance clean {d['mean_clean']:.4f}, "
           f"poisoned {poisoned}{ratio}; computed in {d['wall_s']:.0f} s; "
           f"{run.results_dir / 'deepfool.npz'}")
+    print(_coverage_line(d["target_coverage"], run.poisoned.classes))
     return 0
+
+
+def _coverage_line(tc: dict, classes: list[str]) -> str:
+    """What holds the target label's coverage, the statistic the coverage_class guard reads."""
+    from .defenses.burn import Burn
+
+    bar = Burn.__dataclass_fields__["min_coverage"].default
+    c, row = tc["held_by"], tc["by_class"][tc["held_by"]]
+    how = (f"{row['reverted']} of its {row['poisoned']} poisoned images fall back to it, "
+           f"most of the others to {classes[row['elsewhere']]} ({row['elsewhere_n']})"
+           if row["poisoned"] else "none of its images is poisoned")
+    top = (f"; the label of largest coverage is {classes[tc['top_label']]} ({tc['top_share']:.4f})"
+           if tc["top_label"] != tc["target"] else "")
+    return (f"coverage of the target label {classes[tc['target']]}: {tc['share']:.4f} (the "
+            f"guard's default bar {bar}), held by {classes[c]}: {how}{top}")
 
 
 def cmd_regime(args) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .analysis import separation_summary
+from .analysis import separation_summary, target_coverage
 from . import keys
 from .config import (ConfigError, ExperimentCfg, _deep_merge, from_dict, load_preset,
                      named_run, named_run_source, to_dict)
@@ -147,7 +147,10 @@ def distances_summary(run: AttackRun, bd: dict) -> dict:
             "unconverged_clean": int((~bd["converged"].bool())[~mask].sum()),
             "unconverged_poisoned": int((~bd["converged"].bool())[mask].sum()),
             **separation_summary(bd["norms"], bd["adv_labels"], mask, run.poisoned.original_labels,
-                                 run.cfg.attack.target, given_labels=run.poisoned.labels)}
+                                 run.cfg.attack.target, given_labels=run.poisoned.labels),
+            "target_coverage": target_coverage(bd["adv_labels"], run.poisoned.labels,
+                                               run.poisoned.original_labels, mask,
+                                               run.cfg.attack.target)}
 
 
 def matching_record(paths, attack_key: str, defense: Defense, run: AttackRun) -> dict | None:

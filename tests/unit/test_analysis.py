@@ -63,3 +63,23 @@ def test_tail_overlap_counts_poison_beyond_the_clean_quantile():
     # beyond the clean 99% quantile (990.01): 10 clean samples (991..1000) and 10 poisoned
     assert t["precision_beyond_clean_q"] == 0.5
     assert tail_overlap(clean, torch.zeros(1000, dtype=torch.bool)) == {}
+
+
+def test_target_coverage_names_the_class_whose_poison_falls_elsewhere():
+    from burn.analysis import target_coverage
+    from burn.defenses.burn import coverage_class
+
+    # 3 classes, target 0. Label-0 samples: 4 clean zeros, 4 poisoned ones, 4 poisoned twos.
+    # Poisoned ones fall back to 1 (3 of 4); poisoned twos fall to 1 instead of 2 (1 of 4 reverts).
+    orig = torch.tensor([0] * 4 + [1] * 4 + [2] * 4 + [1, 2])
+    given = torch.tensor([0] * 12 + [1, 2])
+    mask = torch.tensor([False] * 4 + [True] * 8 + [False, False])
+    adv = torch.tensor([1, 1, 2, 1] + [1, 1, 1, 0] + [2, 1, 1, 1] + [0, 0])
+    tc = target_coverage(adv, given, orig, mask, target=0)
+    assert tc["held_by"] == 2 and tc["share"] == pytest.approx(2 / 12)
+    two = tc["by_class"][2]
+    assert (two["poisoned"], two["reverted"], two["elsewhere"], two["elsewhere_n"]) == (4, 1, 1, 3)
+    assert tc["by_class"][1]["share"] == pytest.approx(9 / 12)
+    # the share it reports for the target is the guard's own statistic for that label
+    suspect, top, _ = coverage_class(adv, given)
+    assert suspect == 0 and tc["top_label"] == 0 and tc["share"] == pytest.approx(top)

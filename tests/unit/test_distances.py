@@ -156,5 +156,6 @@ def test_cli_deepfool_from_the_end_then_from_the_front(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert npz.exists() and "mean L2 distance clean" in out and "ratio" in out
+    assert "coverage of the target label" in out and "poisoned images fall back to it" in out
     assert main([*args, "--from-end"]) == 0
     assert "0 DeepFool part(s)" in capsys.readouterr().out
